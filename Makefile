@@ -1,0 +1,45 @@
+# Set-up is part of every entry point: each target creates .venv from the
+# system python3 when it is missing, installs lumijax with its extras and
+# builds the Rust extension in release mode. Stamps keep re-runs fast: pip
+# and maturin run again only when pyproject.toml or a Rust source changes.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+export VIRTUAL_ENV := $(abspath $(VENV))
+export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
+
+RUST_SOURCES := Cargo.toml Cargo.lock $(shell find native bridge export -name '*.rs' -o -name Cargo.toml)
+BUILD_STAMP := $(VENV)/.built-torch-test
+BENCH_STAMP := $(VENV)/.built-bench
+
+.PHONY: demo test bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip 'maturin>=1.7,<2'
+
+$(BUILD_STAMP): $(PY) pyproject.toml $(RUST_SOURCES)
+	maturin develop --release --extras torch,test
+	touch $@
+
+$(BENCH_STAMP): $(BUILD_STAMP)
+	maturin develop --release --extras torch,test,bench
+	touch $@
+
+demo: $(BUILD_STAMP)
+	$(VENV)/bin/lumijax demo --out out
+
+test: $(BUILD_STAMP)
+	cargo test --workspace
+	$(PY) -m pytest
+
+bench: $(BENCH_STAMP)
+	@shopt -s nullglob; benches=(benchmarks/bench_*.py); \
+	if [ $${#benches[@]} -eq 0 ]; then echo "no benchmarks in benchmarks/"; fi; \
+	for bench in "$${benches[@]}"; do echo "== $$bench"; $(PY) "$$bench"; done
+
+clean:
+	rm -rf $(VENV) target out

@@ -1,0 +1,69 @@
+"""The ``lumijax`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from lumijax import demo
+
+    demo.run(Path(args.out), Console())
+    return 0
+
+
+def _physics(args: argparse.Namespace) -> int:
+    from lumijax import hardware as hw
+    from lumijax import physics_report
+
+    try:
+        config = hw.HardwareConfig(
+            num_channels=args.channels,
+            laser_power_mW=args.power_mW,
+            fsr_nm=args.fsr_nm,
+        )
+    except ValueError as err:
+        print(f"lumijax physics: {err}", file=sys.stderr)
+        return 2
+    console = Console()
+    rows = physics_report.sweep(config, args.spacings_nm, args.quality_factors)
+    console.print(physics_report.sweep_table(rows, config))
+    if args.plot:
+        console.print(f"ring spectra written to {physics_report.plot_ring_spectra(config, args.plot)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lumijax", description="Differentiable photonic tensor-core simulation."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run the end-to-end demonstration")
+    demo.add_argument("--out", default="out", help="folder for figures (default: out)")
+    demo.set_defaults(run=_demo)
+
+    physics = commands.add_parser(
+        "physics", help="crosstalk, SNR and usable bits against channel spacing and ring Q"
+    )
+    physics.add_argument("--channels", type=int, default=16, help="wavelengths per bank")
+    physics.add_argument("--power-mW", type=float, default=1.0, help="optical power per channel (mW)")
+    physics.add_argument("--fsr-nm", type=float, default=20.0, help="free spectral range (nm)")
+    physics.add_argument("--spacings-nm", type=float, nargs="+", default=[0.2, 0.4, 0.8, 1.6])
+    physics.add_argument("--quality-factors", type=float, nargs="+", default=[5e3, 1e4, 3e4, 1e5])
+    physics.add_argument("--plot", metavar="PNG", help="also plot the ring spectra to this file")
+    physics.set_defaults(run=_physics)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -133,7 +133,7 @@ class HardwareConfig:
         fsr = _concrete("fsr_nm", self.fsr_nm)
         if spacing is not None and fsr is not None:
             band = self.num_channels * spacing
-            if (band > fsr).any():
+            if (band > fsr * (1.0 + 1e-9)).any():  # tolerate rounding in N·Δ
                 raise ValueError(
                     f"HardwareConfig.num_channels·channel_spacing_nm = "
                     f"{self.num_channels}·{_show(spacing)} = {_show(band)} nm exceeds "
@@ -433,23 +433,35 @@ def snr(
     return budget.signal_A**2 / budget.total_A2
 
 
-def snr_db(config: HardwareConfig, ring_detuning_nm: ArrayLike | None = None) -> Array:
+def snr_db(
+    config: HardwareConfig,
+    ring_detuning_nm: ArrayLike | None = None,
+    include_crosstalk: bool = True,
+) -> Array:
     """Signal-to-noise ratio of one channel at full scale (dB)."""
-    return 10.0 * jnp.log10(snr(config, ring_detuning_nm))
+    return 10.0 * jnp.log10(snr(config, ring_detuning_nm, include_crosstalk))
 
 
-def enob(config: HardwareConfig, ring_detuning_nm: ArrayLike | None = None) -> Array:
+def enob(
+    config: HardwareConfig,
+    ring_detuning_nm: ArrayLike | None = None,
+    include_crosstalk: bool = True,
+) -> Array:
     """Effective number of bits ``(SNR_dB − 1.76) / 6.02`` (continuous)."""
-    return (snr_db(config, ring_detuning_nm) - 1.76) / 6.02
+    return (snr_db(config, ring_detuning_nm, include_crosstalk) - 1.76) / 6.02
 
 
-def effective_bits(config: HardwareConfig, ring_detuning_nm: ArrayLike | None = None) -> Array:
+def effective_bits(
+    config: HardwareConfig,
+    ring_detuning_nm: ArrayLike | None = None,
+    include_crosstalk: bool = True,
+) -> Array:
     """Usable bits: ``⌊ENOB⌋`` within ``1..min(dac_bits, adc_bits)`` (int32).
 
     Not differentiable (it is a floor); use :func:`enob` for gradients.
     """
     cap = min(config.dac_bits, config.adc_bits)
-    bits = jnp.clip(jnp.floor(enob(config, ring_detuning_nm)), 1, cap)
+    bits = jnp.clip(jnp.floor(enob(config, ring_detuning_nm, include_crosstalk)), 1, cap)
     return bits.astype(jnp.int32)
 
 
@@ -481,9 +493,11 @@ def photonic_matmul(
     Modes: with ``config=None`` the hardware is ideal and the result is
     exactly ``x·Wᵀ``; with a config and no key it is deterministic (coupling
     only); with a key, detector noise ``n ~ N(0, σ²)`` is added with
-    ``σ² = tiles·(x_fs·w_fs)² / SNR`` per output, where ``x_fs`` is the input
-    full scale, ``w_fs`` the largest ``|W|`` of the output's row and ``tiles``
-    the number of detector reads the input axis needs. The noise is
+    ``σ² = tiles·(x_fs·w_fs)² / SNR`` per output, where SNR counts shot,
+    thermal and RIN noise (the crosstalk is applied explicitly), ``x_fs`` is
+    the input full scale, ``w_fs`` the largest programmed ``|w|`` of the
+    output's row and ``tiles`` the number of detector reads the input axis
+    needs. The noise is
     reparameterised (``σ·ε``), so gradients flow through it.
 
     Args:
@@ -492,7 +506,10 @@ def photonic_matmul(
       config: the hardware, or None for ideal.
       key: PRNG key for the detector noise, or None for none.
       ring_detuning_nm: per-ring offset from the grid (nm), shape ``(N,)``.
-      compensate: program ``W·(Mᵀ)⁻¹`` (assuming no detuning) instead of ``W``.
+      compensate: program ``W·(Mᵀ)⁻¹`` (assuming no detuning) instead of
+        ``W``. Each row is scaled to the rings' range after compensation, so
+        the noise refers to the programmed full scale: compensation costs SNR
+        by the headroom it needs.
       input_full_scale: DAC full scale of ``x``; default ``max|x|``.
 
     Returns:
@@ -509,13 +526,15 @@ def photonic_matmul(
         raise ValueError(f"x must be a real floating array, got dtype {x.dtype}")
     if config is None:
         return jnp.matmul(x, weight.T)
-    programmed = compensate_crosstalk(weight, config).programmed if compensate else weight
+    programmed = weight
+    if compensate:
+        programmed = compensate_crosstalk(weight, config, weight_limit=jnp.inf).programmed
     y = jnp.matmul(x, effective_weights(programmed, config, ring_detuning_nm).T)
     if key is None:
         return y
     if input_full_scale is None:
         input_full_scale = jnp.max(jnp.abs(x))
-    weight_full_scale = jnp.max(jnp.abs(weight), axis=-1)
+    weight_full_scale = jnp.max(jnp.abs(programmed), axis=-1)
     tiles = -(-weight.shape[1] // config.num_channels)
     # Crosstalk is already in W_eff: the noise is shot, thermal and RIN only.
     detector_snr = snr(config, include_crosstalk=False)

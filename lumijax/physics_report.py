@@ -83,8 +83,8 @@ def sweep_table(rows: list[dict[str, float]], config: hw.HardwareConfig) -> Tabl
         ),
         caption="compensated: linear crosstalk compensation suppressing crosstalk power by 20 dB",
     )
-    for header in ("Q", "spacing (nm)", "FWHM (nm)", "adjacent XT (dB)", "SNR (dB)",
-                   "bits", "SNR comp. (dB)", "bits comp."):
+    for header in ("Q", "Δ (nm)", "FWHM (nm)", "adj. XT (dB)", "SNR (dB)", "bits",
+                   "SNR comp. (dB)", "bits comp."):
         table.add_column(header, justify="right")
     for row in rows:
         table.add_row(
@@ -122,7 +122,7 @@ def plot_ring_spectra(config: hw.HardwareConfig, path: str | Path, points: int =
     )
     fig, ax = plt.subplots(figsize=(10, 4.5), constrained_layout=True)
     for ring, curve in enumerate(response):
-        ax.plot(grid, 10 * np.log10(curve), lw=1.0, label=f"ring {ring}" if ring < 2 else None)
+        ax.plot(grid, 10 * np.log10(curve), lw=1.0, label="ring drop ports" if ring == 0 else None)
     ax.vlines(centres, -40, 0, colors="0.6", linestyles=":", lw=0.8, label="carriers")
     xt = float(hw.adjacent_crosstalk_db(config))
     ax.axhline(xt, color="tab:red", lw=0.8, ls="--", label=f"adjacent crosstalk {xt:.1f} dB")

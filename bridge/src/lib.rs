@@ -1,10 +1,16 @@
 //! `lumijax._native`: the Python face of the Rust crates.
 //!
 //! Only this crate knows about Python. It converts between Python objects and
-//! the plain Rust types of `lumijax-native` and `lumijax-export`.
+//! the plain Rust types of `lumijax-native` and `lumijax-export`, and hands
+//! the XLA FFI handlers to JAX as PyCapsules.
 
+use std::ffi::c_void;
+use std::ptr::NonNull;
+
+use lumijax_native::ffi::api::{struct_sizes, XLA_FFI_Handler};
+use lumijax_native::ffi::handlers;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyCapsule, PyDict};
 
 /// Describe this build of the native extension.
 ///
@@ -27,8 +33,38 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(info)
 }
 
+const HANDLERS: &[(&str, XLA_FFI_Handler)] = &[("lumijax_matmul", handlers::lumijax_matmul)];
+
+/// The XLA FFI handlers, as a dict of target name to PyCapsule.
+///
+/// Register each with ``jax.ffi.register_ffi_target(name, capsule,
+/// platform="cpu")``.
+#[pyfunction]
+fn ffi_handlers(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let out = PyDict::new(py);
+    for &(name, handler) in HANDLERS {
+        let pointer = NonNull::new(handler as *mut c_void).expect("function pointers are non-null");
+        // SAFETY: a function pointer lives as long as the process.
+        let capsule = unsafe { PyCapsule::new_with_pointer(py, pointer, c"xla._CUSTOM_CALL_TARGET")? };
+        out.set_item(name, capsule)?;
+    }
+    Ok(out)
+}
+
+/// ``sizeof`` of each mirrored XLA FFI struct, by C name (an ABI check).
+#[pyfunction]
+fn ffi_struct_sizes(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let out = PyDict::new(py);
+    for (name, size) in struct_sizes() {
+        out.set_item(name, size)?;
+    }
+    Ok(out)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
+    m.add_function(wrap_pyfunction!(ffi_handlers, m)?)?;
+    m.add_function(wrap_pyfunction!(ffi_struct_sizes, m)?)?;
     Ok(())
 }

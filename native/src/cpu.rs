@@ -68,9 +68,9 @@ mod tests {
     fn avx2_detection_matches_cpuid() {
         // CPUID leaf 7, sub-leaf 0: EBX bit 5 is AVX2. The OS must also
         // enable the YMM state (XCR0 bits 1 and 2), which std checks too.
-        let leaf7 = unsafe { std::arch::x86_64::__cpuid_count(7, 0) };
+        let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
         let cpuid_avx2 = (leaf7.ebx >> 5) & 1 == 1;
-        let leaf1 = unsafe { std::arch::x86_64::__cpuid(1) };
+        let leaf1 = std::arch::x86_64::__cpuid(1);
         let osxsave = (leaf1.ecx >> 27) & 1 == 1;
         let ymm_enabled = osxsave && unsafe { std::arch::x86_64::_xgetbv(0) } & 0b110 == 0b110;
         assert_eq!(

@@ -33,7 +33,11 @@ fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(info)
 }
 
-const HANDLERS: &[(&str, XLA_FFI_Handler)] = &[("lumijax_matmul", handlers::lumijax_matmul)];
+const HANDLERS: &[(&str, XLA_FFI_Handler)] = &[
+    ("lumijax_matmul", handlers::lumijax_matmul),
+    ("lumijax_causal_softmax", handlers::lumijax_causal_softmax),
+    ("lumijax_causal_softmax_bwd", handlers::lumijax_causal_softmax_bwd),
+];
 
 /// The XLA FFI handlers, as a dict of target name to PyCapsule.
 ///

@@ -16,8 +16,22 @@ use crate::error::{checked_product, KernelError};
 pub enum Op {
     /// The matrix as stored.
     Identity,
-    /// Its conjugate transpose (the plain transpose for real types).
+    /// Its transpose (JAX's cotangent convention for complex products).
+    Transpose,
+    /// Its conjugate transpose (torch's convention; the transpose for reals).
     Adjoint,
+}
+
+impl Op {
+    /// Decodes the FFI attribute: 0 identity, 1 transpose, 2 adjoint.
+    pub fn from_code(code: i64) -> Option<Op> {
+        match code {
+            0 => Some(Op::Identity),
+            1 => Some(Op::Transpose),
+            2 => Some(Op::Adjoint),
+            _ => None,
+        }
+    }
 }
 
 /// Element types of the products.
@@ -43,13 +57,17 @@ element!(c32, c32::new(0.0, 0.0), c32::new(1.0, 0.0), true);
 element!(c64, c64::new(0.0, 0.0), c64::new(1.0, 0.0), true);
 
 /// Shape of a batched product. `op(A)` is `m×k` and `op(B)` is `k×n`, both
-/// stored row-major: `A` as `m×k` (or `k×m` when adjointed), `B` as `k×n`
-/// (or `n×k`). `batch_a` and `batch_b` are each `batch` or 1 (broadcast).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// stored row-major: `A` as `m×k` (or `k×m` when transposed or adjointed),
+/// `B` as `k×n` (or `n×k`). Output matrix `i` is `op(A[index_a[i]])·
+/// op(B[index_b[i]])`, so broadcast batches are strided over, never copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MatmulShape {
-    pub batch: usize,
+    /// Matrices stored in `A` and in `B`.
     pub batch_a: usize,
     pub batch_b: usize,
+    /// For each output matrix, the matrix of `A` and of `B` it reads.
+    pub index_a: Vec<usize>,
+    pub index_b: Vec<usize>,
     pub m: usize,
     pub k: usize,
     pub n: usize,
@@ -58,34 +76,103 @@ pub struct MatmulShape {
 }
 
 impl MatmulShape {
+    /// A product whose batch axes broadcast as in numpy: `batch_a` and
+    /// `batch_b` are right-aligned against `batch`, and their axes of size 1
+    /// repeat.
+    #[allow(clippy::too_many_arguments)]
+    pub fn broadcast(
+        batch: &[usize],
+        batch_a: &[usize],
+        batch_b: &[usize],
+        m: usize,
+        k: usize,
+        n: usize,
+        op_a: Op,
+        op_b: Op,
+    ) -> Result<Self, KernelError> {
+        Ok(MatmulShape {
+            batch_a: checked_product(batch_a, "batch of A")?,
+            batch_b: checked_product(batch_b, "batch of B")?,
+            index_a: broadcast_index(batch, batch_a, "A")?,
+            index_b: broadcast_index(batch, batch_b, "B")?,
+            m,
+            k,
+            n,
+            op_a,
+            op_b,
+        })
+    }
+
+    /// Number of output matrices.
+    pub fn batch(&self) -> usize {
+        self.index_a.len()
+    }
+
     /// Multiply-adds of the whole batch.
     pub fn multiply_adds(&self) -> u128 {
-        self.batch as u128 * self.m as u128 * self.k as u128 * self.n as u128
+        self.batch() as u128 * self.m as u128 * self.k as u128 * self.n as u128
     }
 
     fn check(&self, a_len: usize, b_len: usize, c_len: usize) -> Result<(), KernelError> {
-        for (name, count) in [("A", self.batch_a), ("B", self.batch_b)] {
-            if count != 1 && count != self.batch {
-                return Err(KernelError::Shape(format!(
-                    "batch of {name} is {count}: it must be 1 or the output batch {}",
-                    self.batch
-                )));
-            }
+        if self.index_b.len() != self.batch() {
+            return Err(KernelError::Shape("index_a and index_b differ in length".into()));
         }
         let expected = [
             ("A", a_len, checked_product(&[self.batch_a, self.m, self.k], "A")?),
             ("B", b_len, checked_product(&[self.batch_b, self.k, self.n], "B")?),
-            ("C", c_len, checked_product(&[self.batch, self.m, self.n], "C")?),
+            ("C", c_len, checked_product(&[self.batch(), self.m, self.n], "C")?),
         ];
         for (name, got, want) in expected {
             if got != want {
                 return Err(KernelError::Shape(format!(
-                    "{name} holds {got} elements but the shape {self:?} needs {want}"
+                    "{name} holds {got} elements but the shape needs {want} ({self:?})"
                 )));
+            }
+        }
+        for (name, index, count) in [("A", &self.index_a, self.batch_a), ("B", &self.index_b, self.batch_b)] {
+            if index.iter().any(|&i| i >= count) {
+                return Err(KernelError::Shape(format!("a batch index of {name} is past its {count} matrices")));
             }
         }
         Ok(())
     }
+}
+
+/// For each flat index of `out`, the flat index of `input` that numpy
+/// broadcasting reads (`input` right-aligned, size-1 axes repeated).
+pub fn broadcast_index(out: &[usize], input: &[usize], name: &str) -> Result<Vec<usize>, KernelError> {
+    let mismatch = || {
+        KernelError::Shape(format!("batch axes {input:?} of {name} do not broadcast to {out:?}"))
+    };
+    if input.len() > out.len() {
+        return Err(mismatch());
+    }
+    let lead = out.len() - input.len();
+    // Stride of each output axis in `input` (0 where it broadcasts).
+    let mut strides = vec![0usize; out.len()];
+    let mut stride = 1usize;
+    for (axis, &size) in input.iter().enumerate().rev() {
+        let target = out[lead + axis];
+        if size != target && size != 1 {
+            return Err(mismatch());
+        }
+        strides[lead + axis] = if size == 1 { 0 } else { stride };
+        stride = stride.checked_mul(size).ok_or_else(mismatch)?;
+    }
+    let total = checked_product(out, name)?;
+    let mut index = Vec::with_capacity(total);
+    let mut counter = vec![0usize; out.len()];
+    for _ in 0..total {
+        index.push(counter.iter().zip(&strides).map(|(c, s)| c * s).sum());
+        for axis in (0..out.len()).rev() {
+            counter[axis] += 1;
+            if counter[axis] < out[axis] {
+                break;
+            }
+            counter[axis] = 0;
+        }
+    }
+    Ok(index)
 }
 
 /// Row and column strides of an operand stored row-major as `rows×cols`
@@ -94,6 +181,7 @@ fn strides<T: Element>(op: Op, rows: usize, cols: usize) -> (isize, isize, bool)
     match op {
         // (row stride, column stride) of op(X) with op(X) of shape rows×cols.
         Op::Identity => (cols as isize, 1, false),
+        Op::Transpose => (1, rows as isize, false),
         Op::Adjoint => (1, rows as isize, T::IS_COMPLEX),
     }
 }
@@ -112,7 +200,7 @@ pub fn batched_matmul<T: Element>(
     shape: &MatmulShape,
 ) -> Result<(), KernelError> {
     shape.check(a.len(), b.len(), c.len())?;
-    let MatmulShape { m, k, n, .. } = *shape;
+    let (m, k, n) = (shape.m, shape.k, shape.n);
     if m == 0 || n == 0 {
         return Ok(());
     }
@@ -122,11 +210,10 @@ pub fn batched_matmul<T: Element>(
     }
     let (a_rs, a_cs, conj_a) = strides::<T>(shape.op_a, m, k);
     let (b_rs, b_cs, conj_b) = strides::<T>(shape.op_b, k, n);
-    let a_step = if shape.batch_a == 1 { 0 } else { m * k };
-    let b_step = if shape.batch_b == 1 { 0 } else { k * n };
     let one = |index: usize, out: &mut [T], parallelism: Parallelism| {
-        let lhs = &a[index * a_step..index * a_step + m * k];
-        let rhs = &b[index * b_step..index * b_step + k * n];
+        let (ia, ib) = (shape.index_a[index], shape.index_b[index]);
+        let lhs = &a[ia * m * k..(ia + 1) * m * k];
+        let rhs = &b[ib * k * n..(ib + 1) * k * n];
         // SAFETY: `check` proved every slice holds m·k, k·n and m·n elements,
         // and the strides address exactly those elements.
         unsafe {
@@ -143,7 +230,8 @@ pub fn batched_matmul<T: Element>(
     };
     let threads = rayon::current_num_threads();
     let small = m.saturating_mul(n).saturating_mul(k) < GEMM_THREADING_THRESHOLD;
-    if shape.batch > 1 && (small || shape.batch >= threads) {
+    let batch = shape.batch();
+    if batch > 1 && (small || batch >= threads) {
         c.par_chunks_mut(m * n)
             .enumerate()
             .for_each(|(index, out)| one(index, out, Parallelism::None));
@@ -162,20 +250,22 @@ mod tests {
 
     /// Textbook triple loop on the stored operands, with op applied by index.
     fn reference(a: &[c64], b: &[c64], s: &MatmulShape) -> Vec<c64> {
-        let mut out = vec![c64::new(0.0, 0.0); s.batch * s.m * s.n];
-        for batch in 0..s.batch {
-            let a0 = if s.batch_a == 1 { 0 } else { batch * s.m * s.k };
-            let b0 = if s.batch_b == 1 { 0 } else { batch * s.k * s.n };
+        let mut out = vec![c64::new(0.0, 0.0); s.batch() * s.m * s.n];
+        for batch in 0..s.batch() {
+            let a0 = s.index_a[batch] * s.m * s.k;
+            let b0 = s.index_b[batch] * s.k * s.n;
             for i in 0..s.m {
                 for j in 0..s.n {
                     let mut acc = c64::new(0.0, 0.0);
                     for l in 0..s.k {
                         let x = match s.op_a {
                             Op::Identity => a[a0 + i * s.k + l],
+                            Op::Transpose => a[a0 + l * s.m + i],
                             Op::Adjoint => a[a0 + l * s.m + i].conj(),
                         };
                         let y = match s.op_b {
                             Op::Identity => b[b0 + l * s.n + j],
+                            Op::Transpose => b[b0 + j * s.k + l],
                             Op::Adjoint => b[b0 + j * s.k + l].conj(),
                         };
                         acc += x * y;
@@ -197,15 +287,26 @@ mod tests {
         (0..count).map(|_| c64::new(next(), next())).collect()
     }
 
+    fn shape(batch: &[usize], ba: &[usize], bb: &[usize], m: usize, k: usize, n: usize, ops: (Op, Op)) -> MatmulShape {
+        MatmulShape::broadcast(batch, ba, bb, m, k, n, ops.0, ops.1).unwrap()
+    }
+
     #[test]
     fn matches_triple_loop_for_every_op_and_broadcast() {
-        for (batch, batch_a, batch_b) in [(1, 1, 1), (3, 3, 3), (4, 1, 4), (5, 5, 1)] {
-            for op_a in [Op::Identity, Op::Adjoint] {
-                for op_b in [Op::Identity, Op::Adjoint] {
-                    let s = MatmulShape { batch, batch_a, batch_b, m: 7, k: 13, n: 5, op_a, op_b };
-                    let a = values(batch_a * 7 * 13, 1);
-                    let b = values(batch_b * 13 * 5, 2);
-                    let mut c = vec![c64::new(9.0, 9.0); batch * 7 * 5];
+        let batches: [(&[usize], &[usize], &[usize]); 5] = [
+            (&[], &[], &[]),
+            (&[3], &[3], &[3]),
+            (&[4], &[1], &[4]),
+            (&[5], &[5], &[]),
+            (&[2, 3], &[2, 1], &[3]),
+        ];
+        for (batch, ba, bb) in batches {
+            for op_a in [Op::Identity, Op::Transpose, Op::Adjoint] {
+                for op_b in [Op::Identity, Op::Transpose, Op::Adjoint] {
+                    let s = shape(batch, ba, bb, 7, 13, 5, (op_a, op_b));
+                    let a = values(s.batch_a * 7 * 13, 1);
+                    let b = values(s.batch_b * 13 * 5, 2);
+                    let mut c = vec![c64::new(9.0, 9.0); s.batch() * 7 * 5];
                     batched_matmul(&a, &b, &mut c, &s).unwrap();
                     for (got, want) in c.iter().zip(reference(&a, &b, &s)) {
                         assert!((got - want).norm() < 1e-12, "{s:?}: {got} vs {want}");
@@ -216,8 +317,17 @@ mod tests {
     }
 
     #[test]
+    fn broadcast_index_follows_numpy() {
+        assert_eq!(broadcast_index(&[2, 3], &[2, 1], "A").unwrap(), [0, 0, 0, 1, 1, 1]);
+        assert_eq!(broadcast_index(&[2, 3], &[3], "A").unwrap(), [0, 1, 2, 0, 1, 2]);
+        assert_eq!(broadcast_index(&[2, 3], &[], "A").unwrap(), [0; 6]);
+        let err = broadcast_index(&[2, 3], &[2], "B").unwrap_err();
+        assert!(err.to_string().contains("batch axes [2] of B do not broadcast to [2, 3]"), "{err}");
+    }
+
+    #[test]
     fn large_product_uses_gemm_threading_and_stays_correct() {
-        let s = MatmulShape { batch: 1, batch_a: 1, batch_b: 1, m: 97, k: 131, n: 89, op_a: Op::Identity, op_b: Op::Identity };
+        let s = shape(&[], &[], &[], 97, 131, 89, (Op::Identity, Op::Identity));
         let a = values(97 * 131, 3);
         let b = values(131 * 89, 4);
         let mut c = vec![c64::new(0.0, 0.0); 97 * 89];
@@ -229,19 +339,16 @@ mod tests {
 
     #[test]
     fn empty_inner_dimension_gives_zeros() {
-        let s = MatmulShape { batch: 2, batch_a: 2, batch_b: 2, m: 2, k: 0, n: 3, op_a: Op::Identity, op_b: Op::Identity };
+        let s = shape(&[2], &[2], &[2], 2, 0, 3, (Op::Identity, Op::Identity));
         let mut c = vec![1.0f32; 12];
         batched_matmul::<f32>(&[], &[], &mut c, &s).unwrap();
         assert!(c.iter().all(|&x| x == 0.0));
     }
 
     #[test]
-    fn rejects_inconsistent_lengths_and_batches() {
-        let s = MatmulShape { batch: 2, batch_a: 2, batch_b: 2, m: 2, k: 2, n: 2, op_a: Op::Identity, op_b: Op::Identity };
+    fn rejects_inconsistent_lengths() {
+        let s = shape(&[2], &[2], &[2], 2, 2, 2, (Op::Identity, Op::Identity));
         let err = batched_matmul::<f32>(&[0.0; 7], &[0.0; 8], &mut [0.0; 8], &s).unwrap_err();
         assert!(err.to_string().contains("A holds 7 elements"), "{err}");
-        let s = MatmulShape { batch_a: 3, ..s };
-        let err = batched_matmul::<f32>(&[0.0; 12], &[0.0; 8], &mut [0.0; 8], &s).unwrap_err();
-        assert!(err.to_string().contains("batch of A is 3"), "{err}");
     }
 }

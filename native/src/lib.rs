@@ -9,6 +9,8 @@ pub mod cpu;
 pub mod error;
 pub mod ffi;
 pub mod gemm;
+pub mod softmax;
+pub mod vmath;
 
 pub use error::KernelError;
 

@@ -6,17 +6,19 @@ use super::api::{dtype, XLA_FFI_CallFrame, XLA_FFI_Error};
 use super::{dispatch, dtype_name, Buffer, Call};
 use crate::error::{checked_product, KernelError};
 use crate::gemm::{batched_matmul, Element, MatmulShape, Op};
+use crate::softmax::{causal_softmax_backward, causal_softmax_forward, CausalShape};
 
-/// Splits a buffer of rank ≥ 2 into (batch count, rows, cols).
-fn matrix_dims(buffer: &Buffer<'_>, name: &str) -> Result<(usize, usize, usize), KernelError> {
-    let shape = buffer.shape()?;
+/// Splits a buffer of rank ≥ 2 into (batch axes, rows, cols).
+fn matrix_dims(buffer: &Buffer<'_>, name: &str) -> Result<(Vec<usize>, usize, usize), KernelError> {
+    let mut shape = buffer.shape()?;
     if shape.len() < 2 {
         return Err(KernelError::Shape(format!(
             "{name} must have rank ≥ 2 (…, rows, cols), got shape {shape:?}"
         )));
     }
-    let (batch, matrix) = shape.split_at(shape.len() - 2);
-    Ok((checked_product(batch, name)?, matrix[0], matrix[1]))
+    let cols = shape.pop().unwrap_or_default();
+    let rows = shape.pop().unwrap_or_default();
+    Ok((shape, rows, cols))
 }
 
 fn run_matmul<T: Element>(a: &Buffer<'_>, b: &Buffer<'_>, c: &Buffer<'_>, shape: &MatmulShape) -> Result<(), KernelError> {
@@ -36,8 +38,13 @@ fn matmul(call: &Call<'_>) -> Result<(), KernelError> {
             )));
         }
     }
-    let op = |adjoint: bool| if adjoint { Op::Adjoint } else { Op::Identity };
-    let (op_a, op_b) = (op(call.attr_bool("adjoint_a")?), op(call.attr_bool("adjoint_b")?));
+    let op = |name: &str| -> Result<Op, KernelError> {
+        let code = call.attr_i64(name)?;
+        Op::from_code(code).ok_or_else(|| {
+            KernelError::Value(format!("{name} must be 0 (identity), 1 (transpose) or 2 (adjoint), got {code}"))
+        })
+    };
+    let (op_a, op_b) = (op("op_a")?, op("op_b")?);
     let (batch_a, ra, ca) = matrix_dims(&a, "A")?;
     let (batch_b, rb, cb) = matrix_dims(&b, "B")?;
     let (batch, m, n) = matrix_dims(&c, "the result")?;
@@ -54,7 +61,7 @@ fn matmul(call: &Call<'_>) -> Result<(), KernelError> {
             "the result is {m}×{n} but op(A)·op(B) is {am}×{bn}"
         )));
     }
-    let shape = MatmulShape { batch, batch_a, batch_b, m, k: ak, n, op_a, op_b };
+    let shape = MatmulShape::broadcast(&batch, &batch_a, &batch_b, m, ak, n, op_a, op_b)?;
     match a.dtype {
         dtype::F32 => run_matmul::<f32>(&a, &b, &c, &shape),
         dtype::F64 => run_matmul::<f64>(&a, &b, &c, &shape),
@@ -67,12 +74,74 @@ fn matmul(call: &Call<'_>) -> Result<(), KernelError> {
     }
 }
 
-/// `lumijax_matmul`: `C = op(A)·op(B)`, batched, with attributes
-/// `adjoint_a` and `adjoint_b` (bool).
+/// `lumijax_matmul`: `C = op(A)·op(B)`, batched, with integer attributes
+/// `op_a` and `op_b` (0 identity, 1 transpose, 2 conjugate transpose).
 ///
 /// # Safety
 /// Called by XLA with a valid call frame.
 #[no_mangle]
 pub unsafe extern "C" fn lumijax_matmul(frame: *mut XLA_FFI_CallFrame) -> *mut XLA_FFI_Error {
     dispatch(frame, matmul)
+}
+
+/// Reads `(…, T, S)` f32 rows, the `scale` and `offset` attributes.
+fn causal_shape(call: &Call<'_>, x: &Buffer<'_>) -> Result<(CausalShape, f32), KernelError> {
+    x.expect_dtype(dtype::F32, "float32")?;
+    let (batch, queries, keys) = matrix_dims(x, "x")?;
+    let outer = checked_product(&batch, "x")?;
+    let scale = call.attr_f64("scale")? as f32;
+    if !scale.is_finite() {
+        return Err(KernelError::Value(format!("scale must be finite, got {scale}")));
+    }
+    let offset = call.attr_i64("offset")?;
+    let offset = usize::try_from(offset)
+        .map_err(|_| KernelError::Value(format!("offset must be ≥ 0, got {offset}")))?;
+    Ok((CausalShape { outer, queries, keys, offset }, scale))
+}
+
+fn same_shape(a: &Buffer<'_>, b: &Buffer<'_>, names: (&str, &str)) -> Result<(), KernelError> {
+    if a.dims != b.dims || a.dtype != b.dtype {
+        return Err(KernelError::Shape(format!(
+            "{} is {:?} {} but {} is {:?} {}",
+            names.0, a.dims, dtype_name(a.dtype), names.1, b.dims, dtype_name(b.dtype)
+        )));
+    }
+    Ok(())
+}
+
+fn softmax_forward(call: &Call<'_>) -> Result<(), KernelError> {
+    let (x, out) = (call.arg(0)?, call.ret(0)?);
+    let (shape, scale) = causal_shape(call, &x)?;
+    same_shape(&x, &out, ("x", "the result"))?;
+    // SAFETY: f32 buffers owned by XLA for the call.
+    unsafe { causal_softmax_forward(x.as_slice()?, out.as_mut_slice()?, &shape, scale) }
+}
+
+fn softmax_backward(call: &Call<'_>) -> Result<(), KernelError> {
+    let (p, dp, dx) = (call.arg(0)?, call.arg(1)?, call.ret(0)?);
+    let (shape, scale) = causal_shape(call, &p)?;
+    same_shape(&p, &dp, ("p", "dp"))?;
+    same_shape(&p, &dx, ("p", "the result"))?;
+    // SAFETY: f32 buffers owned by XLA for the call.
+    unsafe { causal_softmax_backward(p.as_slice()?, dp.as_slice()?, dx.as_mut_slice()?, &shape, scale) }
+}
+
+/// `lumijax_causal_softmax`: `softmax(scale·x + causal mask)` over the last
+/// axis of `(…, T, S)` f32; attributes `scale` (float) and `offset` (int).
+///
+/// # Safety
+/// Called by XLA with a valid call frame.
+#[no_mangle]
+pub unsafe extern "C" fn lumijax_causal_softmax(frame: *mut XLA_FFI_CallFrame) -> *mut XLA_FFI_Error {
+    dispatch(frame, softmax_forward)
+}
+
+/// `lumijax_causal_softmax_bwd`: `dx = scale·p ⊙ (dp − Σ dp ⊙ p)` from
+/// `(p, dp)`; attributes as the forward.
+///
+/// # Safety
+/// Called by XLA with a valid call frame.
+#[no_mangle]
+pub unsafe extern "C" fn lumijax_causal_softmax_bwd(frame: *mut XLA_FFI_CallFrame) -> *mut XLA_FFI_Error {
+    dispatch(frame, softmax_backward)
 }

@@ -125,11 +125,6 @@ impl<'a> Call<'a> {
         Ok(Buffer { dtype: buffer.dtype, dims, data: buffer.data, what: format!("{kind} {index}") })
     }
 
-    /// Number of arguments.
-    pub fn num_args(&self) -> usize {
-        self.frame.args.size.max(0) as usize
-    }
-
     /// Argument `index` as a buffer.
     pub fn arg(&self, index: usize) -> Result<Buffer<'a>, KernelError> {
         let a = &self.frame.args;
@@ -179,17 +174,6 @@ impl<'a> Call<'a> {
                 dtype::S32 => Ok(*(s.value as *const i32) as i64),
                 dtype::S64 => Ok(*(s.value as *const i64)),
                 other => Err(KernelError::Dtype(format!("attribute {name} has dtype {}, expected an integer", dtype_name(other)))),
-            }
-        }
-    }
-
-    /// A boolean attribute.
-    pub fn attr_bool(&self, name: &str) -> Result<bool, KernelError> {
-        let s = self.scalar(name)?;
-        unsafe {
-            match s.dtype {
-                dtype::PRED => Ok(*(s.value as *const u8) != 0),
-                other => Err(KernelError::Dtype(format!("attribute {name} has dtype {}, expected bool", dtype_name(other)))),
             }
         }
     }

@@ -59,22 +59,63 @@ def complex_matmul_reference(a: Array, b: Array) -> Array:
 
 
 def _matmul_call(a: Array, b: Array, op_a: int, op_b: int) -> Array:
-    """``op(a) @ op(b)`` on the native GEMM; batch axes already broadcast."""
+    """``op(a) @ op(b)`` on the native GEMM.
+
+    The operands get the same number of batch axes first, so that the axis
+    ``vmap`` prepends lines up in the kernel's right-aligned broadcasting.
+    """
     m = a.shape[-1] if op_a else a.shape[-2]
     n = b.shape[-2] if op_b else b.shape[-1]
     batch = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a = a.reshape((1,) * (len(batch) + 2 - a.ndim) + a.shape)
+    b = b.reshape((1,) * (len(batch) + 2 - b.ndim) + b.shape)
     out = jax.ShapeDtypeStruct((*batch, m, n), a.dtype)
     call = jax.ffi.ffi_call("lumijax_matmul", out, vmap_method="broadcast_all")
     return call(a, b, op_a=np.int64(op_a), op_b=np.int64(op_b))
 
 
-def _transposed_product(a: Array, b: Array, op_a: int, op_b: int) -> Array:
-    def reference(a, b):
-        a = jnp.swapaxes(a, -1, -2) if op_a else a
-        b = jnp.swapaxes(b, -1, -2) if op_b else b
-        return complex_matmul_reference(a, b)
+def _product_reference(a: Array, b: Array, op_a: int, op_b: int) -> Array:
+    a = jnp.swapaxes(a, -1, -2) if op_a else a
+    b = jnp.swapaxes(b, -1, -2) if op_b else b
+    return complex_matmul_reference(a, b)
 
-    return _dispatch(partial(_matmul_call, op_a=op_a, op_b=op_b), reference, a, b)
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _product(a: Array, b: Array, op_a: int, op_b: int) -> Array:
+    """``op(a) @ op(b)`` with ``op`` identity (0) or transpose (1)."""
+    return _dispatch(
+        partial(_matmul_call, op_a=op_a, op_b=op_b),
+        partial(_product_reference, op_a=op_a, op_b=op_b),
+        a,
+        b,
+    )
+
+
+def _product_fwd(a: Array, b: Array, op_a: int, op_b: int):
+    return _product(a, b, op_a, op_b), (a, b)
+
+
+# Cotangents of C = op(A)·op(B) are again such products (JAX transposes,
+# without conjugation), so every order of derivative runs on the kernel:
+# (op_a, op_b) -> ((dA operands and ops), (dB operands and ops)).
+_COTANGENTS = {
+    (_IDENTITY, _IDENTITY): (("g", "b", _IDENTITY, _TRANSPOSE), ("a", "g", _TRANSPOSE, _IDENTITY)),
+    (_IDENTITY, _TRANSPOSE): (("g", "b", _IDENTITY, _IDENTITY), ("g", "a", _TRANSPOSE, _IDENTITY)),
+    (_TRANSPOSE, _IDENTITY): (("b", "g", _IDENTITY, _TRANSPOSE), ("a", "g", _IDENTITY, _IDENTITY)),
+    (_TRANSPOSE, _TRANSPOSE): (("b", "g", _TRANSPOSE, _TRANSPOSE), ("g", "a", _TRANSPOSE, _TRANSPOSE)),
+}
+
+
+def _product_bwd(op_a: int, op_b: int, residuals, grad: Array):
+    a, b = residuals
+    operands = {"a": a, "b": b, "g": grad}
+    (la, ra, ola, ora), (lb, rb, olb, orb) = _COTANGENTS[(op_a, op_b)]
+    grad_a = _product(operands[la], operands[ra], ola, ora)
+    grad_b = _product(operands[lb], operands[rb], olb, orb)
+    return _unbroadcast(grad_a, a.shape), _unbroadcast(grad_b, b.shape)
+
+
+_product.defvjp(_product_fwd, _product_bwd)
 
 
 def _unbroadcast(grad: Array, shape: tuple[int, ...]) -> Array:
@@ -111,25 +152,6 @@ def _check_matmul_operands(a: Array, b: Array) -> tuple[Array, Array]:
     return a.astype(dtype), b.astype(dtype)
 
 
-@jax.custom_vjp
-def _matmul(a: Array, b: Array) -> Array:
-    return _transposed_product(a, b, _IDENTITY, _IDENTITY)
-
-
-def _matmul_fwd(a: Array, b: Array):
-    return _matmul(a, b), (a, b)
-
-
-def _matmul_bwd(residuals, grad: Array):
-    a, b = residuals
-    grad_a = _transposed_product(grad, b, _IDENTITY, _TRANSPOSE)  # dC·Bᵀ
-    grad_b = _transposed_product(a, grad, _TRANSPOSE, _IDENTITY)  # Aᵀ·dC
-    return _unbroadcast(grad_a, a.shape), _unbroadcast(grad_b, b.shape)
-
-
-_matmul.defvjp(_matmul_fwd, _matmul_bwd)
-
-
 def complex_matmul(a: Array, b: Array) -> Array:
     """Batched ``a @ b`` on the native GEMM.
 
@@ -146,7 +168,7 @@ def complex_matmul(a: Array, b: Array) -> Array:
       TypeError: a dtype other than the four above.
     """
     a, b = _check_matmul_operands(a, b)
-    return _matmul(a, b)
+    return _product(a, b, _IDENTITY, _IDENTITY)
 
 
 # ---------------------------------------------------------------------------

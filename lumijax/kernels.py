@@ -254,3 +254,197 @@ def causal_softmax(x: Array, scale: float, offset: int = 0) -> Array:
     if offset < 0:
         raise ValueError(f"causal_softmax: offset must be ≥ 0, got {offset}")
     return _causal_softmax(x, scale, offset)
+
+
+# ---------------------------------------------------------------------------
+# Quantized (integer-code) matrix product
+
+
+def pack_int4(codes: Array) -> Array:
+    """Packs signed 4-bit codes two to a byte, low nibble first, along the last axis.
+
+    Args:
+      codes: int8 codes in ``-8..7``, shape ``(..., k)``.
+
+    Returns:
+      uint8, shape ``(..., ⌈k/2⌉)``; an odd ``k`` leaves the last high nibble 0.
+    """
+    codes = jnp.asarray(codes, jnp.int8)
+    if codes.shape[-1] % 2:
+        codes = jnp.pad(codes, [(0, 0)] * (codes.ndim - 1) + [(0, 1)])
+    nibbles = (codes.astype(jnp.uint8) & 0x0F).reshape(*codes.shape[:-1], -1, 2)
+    return nibbles[..., 0] | (nibbles[..., 1] << 4)
+
+
+def unpack_int4(packed: Array, k: int) -> Array:
+    """Inverse of :func:`pack_int4`: ``(..., ⌈k/2⌉)`` uint8 to ``(..., k)`` int8."""
+    packed = jnp.asarray(packed, jnp.uint8)
+    nibbles = jnp.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(*packed.shape[:-1], -1)
+    return ((nibbles[..., :k].astype(jnp.int8) << 4) >> 4).astype(jnp.int8)
+
+
+def quantized_matmul_reference(
+    x_codes: Array, w_codes: Array, x_scale: Array, x_zero_point: int, w_scale: Array, w_zero_point: Array
+) -> Array:
+    """Dequantize-then-matmul in jnp, with exact int32 sums (``k < 65 793``).
+
+    ``x_codes`` ``(parts, m, k)`` uint8, ``w_codes`` ``(parts, n, k)`` int8:
+    ``y = sx·sw[n]·Σ_k (qx − zx)(qw[n] − zw[n])``, complex when ``parts`` = 2.
+    """
+    x = x_codes.astype(jnp.int32) - x_zero_point
+    w = w_codes.astype(jnp.int32) - w_zero_point[None, :, None]
+    dot = partial(jnp.matmul, preferred_element_type=jnp.int32)
+    scale = x_scale * w_scale
+    if x.shape[0] == 1:
+        return dot(x[0], w[0].T).astype(jnp.float32) * scale
+    re = dot(x[0], w[0].T) - dot(x[1], w[1].T)
+    im = dot(x[0], w[1].T) + dot(x[1], w[0].T)
+    return jax.lax.complex(re.astype(jnp.float32) * scale, im.astype(jnp.float32) * scale)
+
+
+def _quantized_call(x_codes, w_codes, x_scale, w_scale, w_zero_point, *, x_bits, w_bits, x_zero_point, packed):
+    parts, m, _ = x_codes.shape
+    n = w_codes.shape[1]
+    dtype = jnp.complex64 if parts == 2 else jnp.float32
+    call = jax.ffi.ffi_call("lumijax_quantized_matmul", jax.ShapeDtypeStruct((m, n), dtype))
+    return call(
+        x_codes, w_codes, x_scale, w_scale, w_zero_point,
+        x_bits=np.int64(x_bits), w_bits=np.int64(w_bits),
+        x_zero_point=np.int64(x_zero_point), packed=np.int64(packed),
+    )
+
+
+def _quantized_dispatch(x_codes, w_codes, x_scale, w_scale, w_zero_point, static):
+    k = x_codes.shape[-1]
+
+    def reference(x_codes, w_codes, x_scale, w_scale, w_zero_point):
+        w = unpack_int4(w_codes, k) if static["packed"] else w_codes
+        return quantized_matmul_reference(x_codes, w, x_scale, static["x_zero_point"], w_scale, w_zero_point)
+
+    return _dispatch(partial(_quantized_call, **static), reference, x_codes, w_codes, x_scale, w_scale, w_zero_point)
+
+
+def _quantized_batched(static):
+    """The product with a batching rule: a batch of activations is folded into m."""
+
+    @jax.custom_batching.custom_vmap
+    def product(x_codes, w_codes, x_scale, w_scale, w_zero_point):
+        return _quantized_dispatch(x_codes, w_codes, x_scale, w_scale, w_zero_point, static)
+
+    @product.def_vmap
+    def rule(axis_size, in_batched, x_codes, w_codes, x_scale, w_scale, w_zero_point):
+        x_b, *rest_b = in_batched
+        if not any(rest_b):  # fold the batch axis into the rows: one call
+            if not x_b:
+                out = product(x_codes, w_codes, x_scale, w_scale, w_zero_point)
+                return jnp.broadcast_to(out, (axis_size, *out.shape)), True
+            parts, m, k = x_codes.shape[1:]
+            folded = jnp.moveaxis(x_codes, 0, 1).reshape(parts, axis_size * m, k)
+            out = product(folded, w_codes, x_scale, w_scale, w_zero_point)
+            return out.reshape(axis_size, m, -1), True
+        operands = [
+            a if batched else jnp.broadcast_to(a, (axis_size, *a.shape))
+            for a, batched in zip((x_codes, w_codes, x_scale, w_scale, w_zero_point), in_batched)
+        ]
+        return jax.lax.map(lambda args: product(*args), tuple(operands)), True
+
+    return product
+
+
+def _quantized_product(x_codes, w_codes, x_scale, w_scale, w_zero_point, static: tuple) -> Array:
+    return _quantized_batched(dict(static))(x_codes, w_codes, x_scale, w_scale, w_zero_point)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _quantized(x_codes, w_codes, x_scale, w_scale, w_zero_point, static):
+    return _quantized_product(x_codes, w_codes, x_scale, w_scale, w_zero_point, static)
+
+
+def _quantized_fwd(x_codes, w_codes, x_scale, w_scale, w_zero_point, static):
+    y = _quantized_product(x_codes, w_codes, x_scale, w_scale, w_zero_point, static)
+    return y, (y, x_codes, w_codes, x_scale, w_scale, w_zero_point)
+
+
+def _quantized_bwd(static, residuals, grad):
+    y, x_codes, w_codes, x_scale, w_scale, w_zero_point = residuals
+    # y is linear in each scale: y = (y / (sx·sw))·sx·sw.
+    unit = y / (x_scale * w_scale)
+    _, vjp = jax.vjp(lambda sx, sw: unit * (sx * sw), x_scale, w_scale)
+    grad_x_scale, grad_w_scale = vjp(grad)
+    zeros = [np.zeros(a.shape, jax.dtypes.float0) for a in (x_codes, w_codes, w_zero_point)]
+    return zeros[0], zeros[1], grad_x_scale, grad_w_scale, zeros[2]
+
+
+_quantized.defvjp(_quantized_fwd, _quantized_bwd)
+
+
+def _as_parts(codes, dtype, name: str) -> Array:
+    parts = [jnp.asarray(c) for c in (codes if isinstance(codes, (tuple, list)) else (codes,))]
+    if len(parts) not in (1, 2) or any(p.shape != parts[0].shape for p in parts):
+        raise ValueError(f"{name} must be one array (real) or a pair of equal-shape arrays (complex)")
+    for p in parts:
+        if p.dtype != dtype:
+            raise TypeError(f"{name} must have dtype {jnp.dtype(dtype).name}, got {p.dtype}")
+    return jnp.stack(parts)
+
+
+def quantized_matmul(
+    x_codes: Array | tuple[Array, Array],
+    w_codes: Array | tuple[Array, Array],
+    *,
+    x_scale: Array | float,
+    x_bits: int,
+    w_scale: Array,
+    w_bits: int,
+    x_zero_point: int = 0,
+    w_zero_point: Array | None = None,
+    packed: bool = False,
+) -> Array:
+    """Exact integer product of activation and weight codes, rescaled once.
+
+    ``y[..., n] = sx·sw[n]·Σ_k (qx[..., k] − zx)·(qw[n, k] − zw[n])``, with
+    the sum exact in integers and one rounding to float32; complex when the
+    codes come as (real, imaginary) pairs: ``y = x·wᵀ`` for
+    ``x = sx·(qx_re − zx) + i·sx·(qx_im − zx)`` and likewise ``w``.
+    Gradients flow to ``x_scale`` and ``w_scale`` (the codes are integers).
+
+    Args:
+      x_codes: uint8 DAC codes in ``0..2^x_bits``, shape ``(..., k)``, or a
+        (real, imaginary) pair.
+      w_codes: int8 codes in ``−2^(w_bits−1)..2^(w_bits−1)``, shape
+        ``(n, k)``, or with ``packed=True`` uint8 ``(n, ⌈k/2⌉)`` from
+        :func:`pack_int4` (``w_bits ≤ 4``); or a pair.
+      x_scale: activation scale (positive scalar).
+      x_bits, w_bits: code widths, 1..8.
+      w_scale: per-output-channel weight scales, shape ``(n,)``.
+      x_zero_point: activation zero point (static int).
+      w_zero_point: per-channel weight zero points, shape ``(n,)``; default 0.
+
+    Returns:
+      ``(..., n)`` float32, or complex64 for complex codes.
+    """
+    x = _as_parts(x_codes, jnp.uint8, "x_codes")
+    w = _as_parts(w_codes, jnp.uint8 if packed else jnp.int8, "w_codes")
+    if x.shape[0] != w.shape[0]:
+        raise ValueError("x_codes and w_codes must both be real or both complex")
+    if w.ndim != 3:
+        raise ValueError(f"w_codes must have shape (n, k), got {w.shape[1:]}")
+    if x.ndim < 2:
+        raise ValueError("x_codes must have at least one axis (k)")
+    k, n = x.shape[-1], w.shape[1]
+    stored_k = -(-k // 2) if packed else k
+    if w.shape[2] != stored_k:
+        raise ValueError(f"w_codes rows hold {w.shape[2]} values, x_codes need {stored_k} (k = {k}, packed={packed})")
+    if not (1 <= x_bits <= 8 and 1 <= w_bits <= 8) or (packed and w_bits > 4):
+        raise ValueError(f"x_bits and w_bits must be 1..8 (w_bits ≤ 4 when packed), got {x_bits}, {w_bits}")
+    w_scale = jnp.asarray(w_scale, jnp.float32)
+    if w_scale.shape != (n,):
+        raise ValueError(f"w_scale must have shape ({n},), got {w_scale.shape}")
+    w_zero_point = jnp.zeros(n, jnp.int32) if w_zero_point is None else jnp.asarray(w_zero_point, jnp.int32)
+    if w_zero_point.shape != (n,):
+        raise ValueError(f"w_zero_point must have shape ({n},), got {w_zero_point.shape}")
+    lead = x.shape[1:-1]
+    x = x.reshape(x.shape[0], -1, k)
+    static = (("packed", bool(packed)), ("w_bits", int(w_bits)), ("x_bits", int(x_bits)), ("x_zero_point", int(x_zero_point)))
+    y = _quantized(x, w, jnp.asarray(x_scale, jnp.float32), w_scale, w_zero_point, static)
+    return y.reshape(*lead, n)

@@ -29,10 +29,11 @@ def test_built_in_release_mode():
 
 def test_target_features_match_the_kernel_cpu_flags():
     features = native.build_info()["target_features"]
-    assert set(features) == {"avx2", "fma"}
+    assert set(features) == {"avx2", "fma", "avx512_vnni"}
     flags = cpu_flags()
     if flags:  # Linux: the kernel's view of CPUID, an independent reference
-        assert features == {"avx2": "avx2" in flags, "fma": "fma" in flags}
+        vnni = {"avx512f", "avx512bw", "avx512_vnni"} <= flags
+        assert features == {"avx2": "avx2" in flags, "fma": "fma" in flags, "avx512_vnni": vnni}
 
 
 def test_threads_follow_the_cpus_available_and_rayon_setting():

@@ -16,7 +16,7 @@ use pyo3::types::{PyCapsule, PyDict};
 ///
 /// Returns a dict with ``version`` (crate version, str), ``target_features``
 /// (dict of str to bool: the vector extensions detected on this CPU at run
-/// time, ``avx2`` and ``fma``), ``threads`` (int, the worker threads the
+/// time: ``avx2``, ``fma`` and ``avx512_vnni``), ``threads`` (int, the worker threads the
 /// kernels use) and ``profile`` (``"release"`` or ``"debug"``).
 #[pyfunction]
 fn build_info(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
@@ -37,6 +37,7 @@ const HANDLERS: &[(&str, XLA_FFI_Handler)] = &[
     ("lumijax_matmul", handlers::lumijax_matmul),
     ("lumijax_causal_softmax", handlers::lumijax_causal_softmax),
     ("lumijax_causal_softmax_bwd", handlers::lumijax_causal_softmax_bwd),
+    ("lumijax_quantized_matmul", handlers::lumijax_quantized_matmul),
 ];
 
 /// The XLA FFI handlers, as a dict of target name to PyCapsule.

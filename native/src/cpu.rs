@@ -12,6 +12,8 @@ pub struct CpuFeatures {
     pub avx2: bool,
     /// Fused multiply-add (x86-64 FMA3).
     pub fma: bool,
+    /// 512-bit integer dot products `vpdpbusd` (AVX-512 F, BW and VNNI).
+    pub avx512_vnni: bool,
 }
 
 impl CpuFeatures {
@@ -22,6 +24,9 @@ impl CpuFeatures {
             CpuFeatures {
                 avx2: std::arch::is_x86_feature_detected!("avx2"),
                 fma: std::arch::is_x86_feature_detected!("fma"),
+                avx512_vnni: std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512vnni"),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
@@ -29,6 +34,7 @@ impl CpuFeatures {
             CpuFeatures {
                 avx2: false,
                 fma: false,
+                avx512_vnni: false,
             }
         }
     }
@@ -39,8 +45,8 @@ impl CpuFeatures {
     }
 
     /// The detected features by name, in a fixed order.
-    pub fn as_pairs(&self) -> [(&'static str, bool); 2] {
-        [("avx2", self.avx2), ("fma", self.fma)]
+    pub fn as_pairs(&self) -> [(&'static str, bool); 3] {
+        [("avx2", self.avx2), ("fma", self.fma), ("avx512_vnni", self.avx512_vnni)]
     }
 }
 
@@ -60,7 +66,7 @@ mod tests {
         assert_eq!(a, b);
         assert_eq!(a.has_avx2_fma(), a.avx2 && a.fma);
         let names: Vec<&str> = a.as_pairs().iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, ["avx2", "fma"]);
+        assert_eq!(names, ["avx2", "fma", "avx512_vnni"]);
     }
 
     #[cfg(target_arch = "x86_64")]

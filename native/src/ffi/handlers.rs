@@ -6,6 +6,7 @@ use super::api::{dtype, XLA_FFI_CallFrame, XLA_FFI_Error};
 use super::{dispatch, dtype_name, Buffer, Call};
 use crate::error::{checked_product, KernelError};
 use crate::gemm::{batched_matmul, Element, MatmulShape, Op};
+use crate::quant::{quantized_matmul, quantized_matmul_complex, unpack_int4, Activations, Weights};
 use crate::softmax::{causal_softmax_backward, causal_softmax_forward, CausalShape};
 
 /// Splits a buffer of rank ≥ 2 into (batch axes, rows, cols).
@@ -144,4 +145,89 @@ pub unsafe extern "C" fn lumijax_causal_softmax(frame: *mut XLA_FFI_CallFrame) -
 #[no_mangle]
 pub unsafe extern "C" fn lumijax_causal_softmax_bwd(frame: *mut XLA_FFI_CallFrame) -> *mut XLA_FFI_Error {
     dispatch(frame, softmax_backward)
+}
+
+fn quantized(call: &Call<'_>) -> Result<(), KernelError> {
+    let (x_codes, w_codes, x_scale, w_scale, w_zero) = (call.arg(0)?, call.arg(1)?, call.arg(2)?, call.arg(3)?, call.arg(4)?);
+    let out = call.ret(0)?;
+    x_codes.expect_dtype(dtype::U8, "uint8 activation codes")?;
+    x_scale.expect_dtype(dtype::F32, "float32")?;
+    w_scale.expect_dtype(dtype::F32, "float32")?;
+    w_zero.expect_dtype(dtype::S32, "int32")?;
+    let packed = call.attr_i64("packed")? != 0;
+    w_codes.expect_dtype(if packed { dtype::U8 } else { dtype::S8 }, if packed { "uint8 (packed 4-bit)" } else { "int8" })?;
+    let bits = |name: &str| -> Result<u32, KernelError> {
+        let v = call.attr_i64(name)?;
+        u32::try_from(v).ok().filter(|b| (1..=8).contains(b)).ok_or_else(|| KernelError::Value(format!("{name} must be 1..=8, got {v}")))
+    };
+    let (x_bits, w_bits) = (bits("x_bits")?, bits("w_bits")?);
+    if packed && w_bits > 4 {
+        return Err(KernelError::Value(format!("packed weights hold 4-bit codes, got w_bits = {w_bits}")));
+    }
+    let x_zero = i32::try_from(call.attr_i64("x_zero_point")?).map_err(|_| KernelError::Value("x_zero_point out of range".into()))?;
+    let xs = x_codes.shape()?;
+    let ws = w_codes.shape()?;
+    if xs.len() != 3 || ws.len() != 3 || !(1..=2).contains(&xs[0]) || ws[0] != xs[0] {
+        return Err(KernelError::Shape(format!(
+            "codes must be (parts, rows, k) with parts 1 (real) or 2 (complex) for both operands, got {xs:?} and {ws:?}"
+        )));
+    }
+    let (parts, m, k) = (xs[0], xs[1], xs[2]);
+    let n = ws[1];
+    let stored_k = if packed { k.div_ceil(2) } else { k };
+    if ws[2] != stored_k {
+        return Err(KernelError::Shape(format!("weights hold {} codes a row, the activations need {stored_k}", ws[2])));
+    }
+    if w_scale.shape()? != [n] || w_zero.shape()? != [n] || !x_scale.shape()?.is_empty() {
+        return Err(KernelError::Shape(format!("w_scale and w_zero_point must be ({n},) and x_scale a scalar")));
+    }
+    let want_out: &[usize] = &[m, n];
+    let out_dtype = if parts == 2 { dtype::C64 } else { dtype::F32 };
+    out.expect_dtype(out_dtype, if parts == 2 { "complex64" } else { "float32" })?;
+    if out.shape()? != want_out {
+        return Err(KernelError::Shape(format!("the result must be ({m}, {n}), got {:?}", out.dims)));
+    }
+    // SAFETY: dtypes checked above; XLA owns the buffers for the call.
+    let (xc, wc, sx, sw, zw) = unsafe {
+        (x_codes.as_slice::<u8>()?, w_codes.as_slice::<u8>()?, x_scale.as_slice::<f32>()?, w_scale.as_slice::<f32>()?, w_zero.as_slice::<i32>()?)
+    };
+    // The result as f32 values: (re, im) pairs when complex.
+    let y: &mut [f32] = unsafe {
+        if parts == 2 {
+            let pairs = out.as_mut_slice::<c32>()?;
+            std::slice::from_raw_parts_mut(pairs.as_mut_ptr() as *mut f32, 2 * pairs.len())
+        } else {
+            out.as_mut_slice::<f32>()?
+        }
+    };
+    let weights: Vec<Vec<i8>> = wc
+        .chunks(n * stored_k)
+        .map(|part| {
+            if packed {
+                part.chunks(stored_k).map(|row| unpack_int4(row, k)).collect::<Result<Vec<_>, _>>().map(|rows| rows.concat())
+            } else {
+                Ok(part.iter().map(|&b| b as i8).collect())
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    let x = Activations { re: &xc[..m * k], im: (parts == 2).then(|| &xc[m * k..]), bits: x_bits, scale: sx[0], zero_point: x_zero };
+    let w = Weights { re: &weights[0], im: weights.get(1).map(Vec::as_slice), bits: w_bits, scale: sw, zero_point: zw };
+    if parts == 2 {
+        quantized_matmul_complex(m, n, k, &x, &w, y)
+    } else {
+        quantized_matmul(m, n, k, &x, &w, y)
+    }
+}
+
+/// `lumijax_quantized_matmul`: exact integer product of activation codes
+/// `(parts, m, k)` u8 and weight codes `(parts, n, k)` i8 (or packed 4-bit
+/// `(parts, n, ⌈k/2⌉)` u8), args `x_scale` (f32 scalar), `w_scale` (n f32),
+/// `w_zero_point` (n i32); attributes `x_bits`, `w_bits`, `x_zero_point`,
+/// `packed`. The result is `(m, n)` f32, or complex64 when `parts` = 2.
+///
+/// # Safety
+/// Called by XLA with a valid call frame.
+#[no_mangle]
+pub unsafe extern "C" fn lumijax_quantized_matmul(frame: *mut XLA_FFI_CallFrame) -> *mut XLA_FFI_Error {
+    dispatch(frame, quantized)
 }

@@ -128,6 +128,15 @@ fn check_codes(m: usize, n: usize, k: usize, x: &Activations<'_>, w: &Weights<'_
 
 /// Real quantized product: `out` is `m×n` f32.
 pub fn quantized_matmul(m: usize, n: usize, k: usize, x: &Activations<'_>, w: &Weights<'_>, out: &mut [f32]) -> Result<(), KernelError> {
+    real_product(m, n, k, x, w, out, CpuFeatures::detect())
+}
+
+/// Complex quantized product: `out` is `m×n` interleaved (re, im) f32.
+pub fn quantized_matmul_complex(m: usize, n: usize, k: usize, x: &Activations<'_>, w: &Weights<'_>, out: &mut [f32]) -> Result<(), KernelError> {
+    complex_product(m, n, k, x, w, out, CpuFeatures::detect())
+}
+
+fn real_product(m: usize, n: usize, k: usize, x: &Activations<'_>, w: &Weights<'_>, out: &mut [f32], features: CpuFeatures) -> Result<(), KernelError> {
     check_codes(m, n, k, x, w)?;
     if x.im.is_some() {
         return Err(KernelError::Value("complex codes need quantized_matmul_complex".into()));
@@ -136,7 +145,7 @@ pub fn quantized_matmul(m: usize, n: usize, k: usize, x: &Activations<'_>, w: &W
         return Err(KernelError::Shape(format!("the result holds {} values, needs {}", out.len(), m * n)));
     }
     let (x_max, w_max) = code_bounds(x, w);
-    let kernel = Kernel::choose(x_max, w_max);
+    let kernel = Kernel::choose(x_max, w_max, features);
     let a = Panel::pack(kernel, Side::A, m, k, x_max, Codes::Unsigned(x.re));
     let b = Panel::pack(kernel, Side::B, n, k, w_max, Codes::Signed(w.re));
     let terms = [Term { a: &a, b: &b, za: x.zero_point, zb: w.zero_point, signs: [1, 0] }];
@@ -144,8 +153,7 @@ pub fn quantized_matmul(m: usize, n: usize, k: usize, x: &Activations<'_>, w: &W
     Ok(())
 }
 
-/// Complex quantized product: `out` is `m×n` interleaved (re, im) f32.
-pub fn quantized_matmul_complex(m: usize, n: usize, k: usize, x: &Activations<'_>, w: &Weights<'_>, out: &mut [f32]) -> Result<(), KernelError> {
+fn complex_product(m: usize, n: usize, k: usize, x: &Activations<'_>, w: &Weights<'_>, out: &mut [f32], features: CpuFeatures) -> Result<(), KernelError> {
     check_codes(m, n, k, x, w)?;
     let (Some(x_im), Some(w_im)) = (x.im, w.im) else {
         return Err(KernelError::Value("complex product needs imaginary codes for both operands".into()));
@@ -158,7 +166,7 @@ pub fn quantized_matmul_complex(m: usize, n: usize, k: usize, x: &Activations<'_
     let (xr, xi) = (Codes::Unsigned(x.re), Codes::Unsigned(x_im));
     let (wr, wi) = (Codes::Signed(w.re), Codes::Signed(w_im));
     let (a, b) = (Side::A, Side::B);
-    let gauss = Kernel::choose(2 * x_max, 2 * w_max);
+    let gauss = Kernel::choose(2 * x_max, 2 * w_max, features);
     if gauss.uses_bytes() {
         // Gauss: P1 = (xr+xi)·wr, P2 = xr·(wi−wr), P3 = xi·(wr+wi);
         // re = P1 − P3, im = P1 + P2. Zero points combine linearly.
@@ -176,7 +184,7 @@ pub fn quantized_matmul_complex(m: usize, n: usize, k: usize, x: &Activations<'_
         ];
         evaluate(gauss, &terms, 2, x.scale, w.scale, out);
     } else {
-        let kernel = Kernel::choose(x_max, w_max);
+        let kernel = Kernel::choose(x_max, w_max, features);
         let (a_re, a_im) = (Panel::pack(kernel, a, m, k, x_max, xr), Panel::pack(kernel, a, m, k, x_max, xi));
         let (b_re, b_im) = (Panel::pack(kernel, b, n, k, w_max, wr), Panel::pack(kernel, b, n, k, w_max, wi));
         let terms = [
@@ -222,10 +230,10 @@ enum Side {
 }
 
 impl Kernel {
-    /// The kernel for codes `0..=a_max` times codes within ±`b_max`.
-    pub fn choose(a_max: i32, b_max: i32) -> Kernel {
+    /// The kernel for codes `0..=a_max` times codes within ±`b_max` on a
+    /// CPU with `features`.
+    pub fn choose(a_max: i32, b_max: i32, features: CpuFeatures) -> Kernel {
         let bytes = a_max <= 255 && b_max <= 128;
-        let features = CpuFeatures::detect();
         if bytes && features.avx512_vnni {
             Kernel::Vnni
         } else if bytes && features.avx2 && 2 * a_max * b_max <= i16::MAX as i32 {
@@ -668,16 +676,45 @@ mod tests {
         let zero_point: Vec<i32> = (0..n).map(|j| if extreme { 0 } else { j as i32 % 3 - 1 }).collect();
         let x = Activations { re: &xr, im: complex.then_some(&xi[..]), bits: x_bits, scale: 0.05, zero_point: if extreme { 0 } else { 3 } };
         let w = Weights { re: &wr, im: complex.then_some(&wi[..]), bits: w_bits, scale: &scale, zero_point: &zero_point };
-        let mut out = vec![f32::NAN; m * n * if complex { 2 } else { 1 }];
-        if complex {
-            quantized_matmul_complex(m, n, k, &x, &w, &mut out).unwrap();
-        } else {
-            quantized_matmul(m, n, k, &x, &w, &mut out).unwrap();
-        }
         let want = reference(m, n, k, &x, &w);
-        for (index, (g, e)) in out.iter().zip(&want).enumerate() {
-            assert_eq!(g.to_bits(), e.to_bits(), "x{x_bits} w{w_bits} complex={complex} extreme={extreme} at {index}: {g} vs {e}");
+        for features in feature_sets() {
+            let mut out = vec![f32::NAN; m * n * if complex { 2 } else { 1 }];
+            if complex {
+                complex_product(m, n, k, &x, &w, &mut out, features).unwrap();
+            } else {
+                real_product(m, n, k, &x, &w, &mut out, features).unwrap();
+            }
+            for (index, (g, e)) in out.iter().zip(&want).enumerate() {
+                assert_eq!(g.to_bits(), e.to_bits(), "x{x_bits} w{w_bits} complex={complex} extreme={extreme} {features:?} at {index}: {g} vs {e}");
+            }
         }
+    }
+
+    /// The detected CPU and every poorer one it can stand in for, so that
+    /// each kernel (VNNI, AVX2 bytes, AVX2 words, scalar) runs where it can.
+    fn feature_sets() -> Vec<CpuFeatures> {
+        let best = CpuFeatures::detect();
+        let mut sets = vec![best];
+        if best.avx512_vnni {
+            sets.push(CpuFeatures { avx512_vnni: false, ..best });
+        }
+        if best.avx2 {
+            sets.push(CpuFeatures { avx2: false, fma: false, avx512_vnni: false });
+        }
+        sets
+    }
+
+    #[test]
+    fn kernel_choice_follows_the_saturation_bound() {
+        let avx2 = CpuFeatures { avx2: true, fma: true, avx512_vnni: false };
+        assert_eq!(Kernel::choose(63, 8, avx2), Kernel::Avx2Bytes);
+        assert_eq!(Kernel::choose(127, 128, avx2), Kernel::Avx2Bytes); // 2·127·128 = 32512
+        assert_eq!(Kernel::choose(255, 128, avx2), Kernel::Avx2Words); // 65280 would saturate
+        let vnni = CpuFeatures { avx512_vnni: true, ..avx2 };
+        assert_eq!(Kernel::choose(255, 128, vnni), Kernel::Vnni);
+        assert_eq!(Kernel::choose(510, 128, vnni), Kernel::Avx2Words);
+        let none = CpuFeatures { avx2: false, fma: false, avx512_vnni: false };
+        assert_eq!(Kernel::choose(63, 8, none), Kernel::Scalar);
     }
 
     #[test]

@@ -186,16 +186,25 @@ def causal_softmax_reference(x: Array, scale: float, offset: int = 0) -> Array:
     return jnp.where(visible, jax.nn.softmax(z, axis=-1), 0.0)
 
 
+# The softmax may overwrite its logits (and the backward its cotangent):
+# XLA then reuses that buffer when nothing else reads it, instead of
+# allocating the result (for attention logits, hundreds of MB).
 def _softmax_call(x: Array, scale: float, offset: int) -> Array:
     call = jax.ffi.ffi_call(
-        "lumijax_causal_softmax", jax.ShapeDtypeStruct(x.shape, x.dtype), vmap_method="broadcast_all"
+        "lumijax_causal_softmax",
+        jax.ShapeDtypeStruct(x.shape, x.dtype),
+        vmap_method="broadcast_all",
+        input_output_aliases={0: 0},
     )
     return call(x, scale=np.float32(scale), offset=np.int64(offset))
 
 
 def _softmax_bwd_call(p: Array, dp: Array, scale: float, offset: int) -> Array:
     call = jax.ffi.ffi_call(
-        "lumijax_causal_softmax_bwd", jax.ShapeDtypeStruct(p.shape, p.dtype), vmap_method="broadcast_all"
+        "lumijax_causal_softmax_bwd",
+        jax.ShapeDtypeStruct(p.shape, p.dtype),
+        vmap_method="broadcast_all",
+        input_output_aliases={1: 0},
     )
     return call(p, dp, scale=np.float32(scale), offset=np.int64(offset))
 

@@ -56,78 +56,90 @@ fn rows_per_task(keys: usize) -> usize {
 }
 
 /// `out = softmax(scale·x + causal mask)` over the last axis.
-pub fn causal_softmax_forward(x: &[f32], out: &mut [f32], shape: &CausalShape, scale: f32) -> Result<(), KernelError> {
-    shape.check(&[("x", x.len()), ("the result", out.len())])?;
+///
+/// `x = None` computes in place: `out` holds the logits on entry (XLA
+/// passes the same buffer when the logits are not needed afterwards).
+pub fn causal_softmax_forward(x: Option<&[f32]>, out: &mut [f32], shape: &CausalShape, scale: f32) -> Result<(), KernelError> {
+    shape.check(&[("x", x.map_or(out.len(), <[f32]>::len)), ("the result", out.len())])?;
     if shape.keys == 0 || out.is_empty() {
         return Ok(());
     }
     let simd = CpuFeatures::detect().has_avx2_fma();
     out.par_chunks_mut(shape.keys)
-        .zip(x.par_chunks(shape.keys))
         .enumerate()
         .with_min_len(rows_per_task(shape.keys))
-        .for_each(|(row, (out, x))| {
+        .for_each(|(row, out)| {
             let valid = shape.valid(row % shape.queries);
             let (out_valid, out_masked) = out.split_at_mut(valid);
-            forward_row(&x[..valid], out_valid, scale, simd);
+            if let Some(x) = x {
+                out_valid.copy_from_slice(&x[row * shape.keys..][..valid]);
+            }
+            forward_row(out_valid, scale, simd);
             out_masked.fill(0.0);
         });
     Ok(())
 }
 
 /// `dx = scale·p ⊙ (dp − Σ dp ⊙ p)` over the visible prefix, 0 elsewhere.
+///
+/// `dp = None` computes in place: `dx` holds `dp` on entry.
 pub fn causal_softmax_backward(
     p: &[f32],
-    dp: &[f32],
+    dp: Option<&[f32]>,
     dx: &mut [f32],
     shape: &CausalShape,
     scale: f32,
 ) -> Result<(), KernelError> {
-    shape.check(&[("p", p.len()), ("dp", dp.len()), ("the result", dx.len())])?;
+    shape.check(&[("p", p.len()), ("dp", dp.map_or(dx.len(), <[f32]>::len)), ("the result", dx.len())])?;
     if shape.keys == 0 || dx.is_empty() {
         return Ok(());
     }
     let simd = CpuFeatures::detect().has_avx2_fma();
     dx.par_chunks_mut(shape.keys)
-        .zip(p.par_chunks(shape.keys).zip(dp.par_chunks(shape.keys)))
+        .zip(p.par_chunks(shape.keys))
         .enumerate()
         .with_min_len(rows_per_task(shape.keys))
-        .for_each(|(row, (dx, (p, dp)))| {
+        .for_each(|(row, (dx, p))| {
             let valid = shape.valid(row % shape.queries);
             let (dx_valid, dx_masked) = dx.split_at_mut(valid);
-            backward_row(&p[..valid], &dp[..valid], dx_valid, scale, simd);
+            if let Some(dp) = dp {
+                dx_valid.copy_from_slice(&dp[row * shape.keys..][..valid]);
+            }
+            backward_row(&p[..valid], dx_valid, scale, simd);
             dx_masked.fill(0.0);
         });
     Ok(())
 }
 
-fn forward_row(x: &[f32], out: &mut [f32], scale: f32, simd: bool) {
+/// Softmax of `scale·row`, in place.
+fn forward_row(row: &mut [f32], scale: f32, simd: bool) {
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: AVX2 and FMA were detected.
-        return unsafe { avx2::forward_row(x, out, scale) };
+        return unsafe { avx2::forward_row(row, scale) };
     }
     let _ = simd;
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(scale * v));
+    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(scale * v));
     let mut sum = 0.0f32;
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = vmath::exp(scale.mul_add(v, -max));
-        sum += *o;
+    for v in row.iter_mut() {
+        *v = vmath::exp(scale.mul_add(*v, -max));
+        sum += *v;
     }
     let inv = 1.0 / sum;
-    out.iter_mut().for_each(|o| *o *= inv);
+    row.iter_mut().for_each(|v| *v *= inv);
 }
 
-fn backward_row(p: &[f32], dp: &[f32], dx: &mut [f32], scale: f32, simd: bool) {
+/// `grad ← scale·p ⊙ (grad − Σ grad ⊙ p)`, in place.
+fn backward_row(p: &[f32], grad: &mut [f32], scale: f32, simd: bool) {
     #[cfg(target_arch = "x86_64")]
     if simd {
         // SAFETY: AVX2 and FMA were detected.
-        return unsafe { avx2::backward_row(p, dp, dx, scale) };
+        return unsafe { avx2::backward_row(p, grad, scale) };
     }
     let _ = simd;
-    let dot: f32 = p.iter().zip(dp).map(|(a, b)| a * b).sum();
-    for ((d, &pv), &g) in dx.iter_mut().zip(p).zip(dp) {
-        *d = scale * pv * (g - dot);
+    let dot: f32 = p.iter().zip(grad.iter()).map(|(a, b)| a * b).sum();
+    for (g, &pv) in grad.iter_mut().zip(p) {
+        *g = scale * pv * (*g - dot);
     }
 }
 
@@ -156,63 +168,63 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn forward_row(x: &[f32], out: &mut [f32], scale: f32) {
-        let n = x.len();
+    pub unsafe fn forward_row(row: &mut [f32], scale: f32) {
+        let n = row.len();
         let body = n - n % 8;
+        let ptr = row.as_mut_ptr();
         let vscale = _mm256_set1_ps(scale);
         let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
         for i in (0..body).step_by(8) {
-            vmax = _mm256_max_ps(vmax, _mm256_mul_ps(vscale, _mm256_loadu_ps(x.as_ptr().add(i))));
+            vmax = _mm256_max_ps(vmax, _mm256_mul_ps(vscale, _mm256_loadu_ps(ptr.add(i))));
         }
         let mut max = hmax(vmax);
-        for &v in &x[body..] {
+        for &v in &row[body..] {
             max = max.max(scale * v);
         }
         let vneg_max = _mm256_set1_ps(-max);
         let mut vsum = _mm256_setzero_ps();
         for i in (0..body).step_by(8) {
-            let z = _mm256_fmadd_ps(vscale, _mm256_loadu_ps(x.as_ptr().add(i)), vneg_max);
-            let e = exp_avx2(z);
-            _mm256_storeu_ps(out.as_mut_ptr().add(i), e);
+            let e = exp_avx2(_mm256_fmadd_ps(vscale, _mm256_loadu_ps(ptr.add(i)), vneg_max));
+            _mm256_storeu_ps(ptr.add(i), e);
             vsum = _mm256_add_ps(vsum, e);
         }
         let mut sum = hsum(vsum);
-        for i in body..n {
-            out[i] = exp(scale.mul_add(x[i], -max));
-            sum += out[i];
+        for v in &mut row[body..] {
+            *v = exp(scale.mul_add(*v, -max));
+            sum += *v;
         }
         let inv = 1.0 / sum;
         let vinv = _mm256_set1_ps(inv);
         for i in (0..body).step_by(8) {
-            let p = out.as_mut_ptr().add(i);
-            _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_loadu_ps(p), vinv));
+            _mm256_storeu_ps(ptr.add(i), _mm256_mul_ps(_mm256_loadu_ps(ptr.add(i)), vinv));
         }
-        for o in &mut out[body..] {
-            *o *= inv;
+        for v in &mut row[body..] {
+            *v *= inv;
         }
     }
 
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn backward_row(p: &[f32], dp: &[f32], dx: &mut [f32], scale: f32) {
+    pub unsafe fn backward_row(p: &[f32], grad: &mut [f32], scale: f32) {
         let n = p.len();
         let body = n - n % 8;
+        let g = grad.as_mut_ptr();
         let mut vdot = _mm256_setzero_ps();
         for i in (0..body).step_by(8) {
-            vdot = _mm256_fmadd_ps(_mm256_loadu_ps(p.as_ptr().add(i)), _mm256_loadu_ps(dp.as_ptr().add(i)), vdot);
+            vdot = _mm256_fmadd_ps(_mm256_loadu_ps(p.as_ptr().add(i)), _mm256_loadu_ps(g.add(i)), vdot);
         }
         let mut dot = hsum(vdot);
         for i in body..n {
-            dot += p[i] * dp[i];
+            dot += p[i] * grad[i];
         }
         let vscale = _mm256_set1_ps(scale);
         let vdot = _mm256_set1_ps(dot);
         for i in (0..body).step_by(8) {
             let pv = _mm256_loadu_ps(p.as_ptr().add(i));
-            let g = _mm256_sub_ps(_mm256_loadu_ps(dp.as_ptr().add(i)), vdot);
-            _mm256_storeu_ps(dx.as_mut_ptr().add(i), _mm256_mul_ps(_mm256_mul_ps(vscale, pv), g));
+            let d = _mm256_sub_ps(_mm256_loadu_ps(g.add(i)), vdot);
+            _mm256_storeu_ps(g.add(i), _mm256_mul_ps(_mm256_mul_ps(vscale, pv), d));
         }
         for i in body..n {
-            dx[i] = scale * p[i] * (dp[i] - dot);
+            grad[i] = scale * p[i] * (grad[i] - dot);
         }
     }
 }
@@ -246,7 +258,10 @@ mod tests {
             let shape = CausalShape { outer: 3, queries, keys, offset };
             let x = inputs(3 * queries * keys);
             let mut out = vec![f32::NAN; x.len()];
-            causal_softmax_forward(&x, &mut out, &shape, 0.37).unwrap();
+            causal_softmax_forward(Some(&x), &mut out, &shape, 0.37).unwrap();
+            let mut in_place = x.clone();
+            causal_softmax_forward(None, &mut in_place, &shape, 0.37).unwrap();
+            assert_eq!(in_place, out);
             let want = reference(&x, &shape, 0.37);
             for (row, chunk) in out.chunks(keys).enumerate() {
                 let valid = (row % queries + offset + 1).min(keys);
@@ -266,9 +281,9 @@ mod tests {
             return;
         }
         let x = inputs(53);
-        let (mut a, mut b) = (vec![0.0; 53], vec![0.0; 53]);
-        forward_row(&x, &mut a, 0.5, true);
-        forward_row(&x, &mut b, 0.5, false);
+        let (mut a, mut b) = (x.clone(), x);
+        forward_row(&mut a, 0.5, true);
+        forward_row(&mut b, 0.5, false);
         for (u, v) in a.iter().zip(&b) {
             assert!((u - v).abs() <= 1e-7 * u.abs().max(1e-30) + 1e-12, "{u} vs {v}");
         }
@@ -280,9 +295,12 @@ mod tests {
         let x = inputs(2 * 6 * 13);
         let dp: Vec<f32> = inputs(2 * 6 * 13).iter().map(|v| v * 0.3 + 0.1).collect();
         let mut p = vec![0.0; x.len()];
-        causal_softmax_forward(&x, &mut p, &shape, 0.8).unwrap();
+        causal_softmax_forward(Some(&x), &mut p, &shape, 0.8).unwrap();
         let mut dx = vec![f32::NAN; x.len()];
-        causal_softmax_backward(&p, &dp, &mut dx, &shape, 0.8).unwrap();
+        causal_softmax_backward(&p, Some(&dp), &mut dx, &shape, 0.8).unwrap();
+        let mut in_place = dp.clone();
+        causal_softmax_backward(&p, None, &mut in_place, &shape, 0.8).unwrap();
+        assert_eq!(in_place, dx);
         for row in 0..12 {
             let valid = (row % 6 + 3 + 1).min(13);
             let r = row * 13;
@@ -299,7 +317,7 @@ mod tests {
         let shape = CausalShape { outer: 1, queries: 3, keys: 3, offset: 0 };
         let x = [1.0, 2.0, 3.0, f32::NAN, 0.0, 1.0, f32::INFINITY, 0.0, 0.0];
         let mut out = [0.0f32; 9];
-        causal_softmax_forward(&x, &mut out, &shape, 1.0).unwrap();
+        causal_softmax_forward(Some(&x), &mut out, &shape, 1.0).unwrap();
         assert_eq!(out[0], 1.0);
         assert_eq!(&out[1..3], &[0.0, 0.0]);
         assert!(out[3].is_nan() && out[4].is_nan() && out[5] == 0.0);
@@ -309,7 +327,7 @@ mod tests {
     #[test]
     fn rejects_wrong_lengths() {
         let shape = CausalShape { outer: 1, queries: 2, keys: 2, offset: 0 };
-        let err = causal_softmax_forward(&[0.0; 3], &mut [0.0; 4], &shape, 1.0).unwrap_err();
+        let err = causal_softmax_forward(Some(&[0.0; 3]), &mut [0.0; 4], &shape, 1.0).unwrap_err();
         assert!(err.to_string().contains("x holds 3 elements"), "{err}");
     }
 }

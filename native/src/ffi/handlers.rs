@@ -114,8 +114,12 @@ fn softmax_forward(call: &Call<'_>) -> Result<(), KernelError> {
     let (x, out) = (call.arg(0)?, call.ret(0)?);
     let (shape, scale) = causal_shape(call, &x)?;
     same_shape(&x, &out, ("x", "the result"))?;
-    // SAFETY: f32 buffers owned by XLA for the call.
-    unsafe { causal_softmax_forward(x.as_slice()?, out.as_mut_slice()?, &shape, scale) }
+    // SAFETY: f32 buffers owned by XLA for the call; when XLA aliases the
+    // result to x (in place) only the result is borrowed.
+    unsafe {
+        let x = if x.aliases(&out) { None } else { Some(x.as_slice()?) };
+        causal_softmax_forward(x, out.as_mut_slice()?, &shape, scale)
+    }
 }
 
 fn softmax_backward(call: &Call<'_>) -> Result<(), KernelError> {
@@ -123,8 +127,14 @@ fn softmax_backward(call: &Call<'_>) -> Result<(), KernelError> {
     let (shape, scale) = causal_shape(call, &p)?;
     same_shape(&p, &dp, ("p", "dp"))?;
     same_shape(&p, &dx, ("p", "the result"))?;
-    // SAFETY: f32 buffers owned by XLA for the call.
-    unsafe { causal_softmax_backward(p.as_slice()?, dp.as_slice()?, dx.as_mut_slice()?, &shape, scale) }
+    if p.aliases(&dx) {
+        return Err(KernelError::Shape("the result must not alias p".into()));
+    }
+    // SAFETY: as the forward; the result may alias dp only.
+    unsafe {
+        let dp = if dp.aliases(&dx) { None } else { Some(dp.as_slice()?) };
+        causal_softmax_backward(p.as_slice()?, dp, dx.as_mut_slice()?, &shape, scale)
+    }
 }
 
 /// `lumijax_causal_softmax`: `softmax(scale·x + causal mask)` over the last

@@ -47,6 +47,12 @@ impl<'a> Buffer<'a> {
         Ok(self.len()? == 0)
     }
 
+    /// Whether both buffers are the same memory (XLA aliased a result to an
+    /// argument).
+    pub fn aliases(&self, other: &Buffer<'_>) -> bool {
+        !self.data.is_null() && self.data == other.data
+    }
+
     /// Fails unless the dtype is `dtype`.
     pub fn expect_dtype(&self, dtype: i32, name: &str) -> Result<(), KernelError> {
         if self.dtype != dtype {

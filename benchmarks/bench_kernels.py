@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from common import best_of, machine, write
+from common import best_of, machine, settle, write
 from lumijax import kernels
 
 QUICK = os.environ.get("LUMIJAX_BENCH_QUICK") == "1"
@@ -48,6 +48,7 @@ def complex_gemm(rows: list) -> None:
         t_native = best_of(lambda: native(ja, jb).block_until_ready(), repeats)
         t_xla = best_of(lambda: xla(ja, jb).block_until_ready(), repeats)
         t_torch = best_of(lambda: torch.matmul(ta, tb), repeats)
+        settle()
         flops = 8.0 * batch * m * k * n
         name = f"{batch}×({m}×{k}×{n})" if batch > 1 else f"{m}×{k}×{n}"
         rows.append({
@@ -66,6 +67,7 @@ def quantized_gemm(rows: list) -> None:
     a = (rng.standard_normal((size, size)) + 1j * rng.standard_normal((size, size))).astype(np.complex64)
     ta, tb = torch.from_numpy(a), torch.from_numpy(a.T.copy())
     t_torch = best_of(lambda: torch.matmul(ta, tb))
+    settle()
     for x_bits, w_bits, target in [(6, 4, "≥3× torch c64"), (8, 8, "as measured")]:
         xr, xi = (jnp.asarray(rng.integers(0, 1 << x_bits, (size, size), dtype=np.uint8)) for _ in range(2))
         lo, hi = -(1 << (w_bits - 1)), 1 << (w_bits - 1)
@@ -106,6 +108,7 @@ def causal_softmax(rows: list) -> None:
     t_, s_ = shape[-2:]
     mask = torch.triu(torch.ones(t_, s_, dtype=torch.bool), diagonal=1)
     t_torch = best_of(lambda: torch.softmax((tx * scale).masked_fill(mask, float("-inf")), dim=-1), 5)
+    settle()
     native = lambda x: kernels.causal_softmax(x, scale)
     reference = lambda x: kernels.causal_softmax_reference(x, scale)
     for mode, donate in (("new output", ()), ("in place (donated logits)", (0,))):

@@ -26,6 +26,12 @@ def best_of(fn: Callable[[], object], repeats: int = 7, warmup: int = 2, budget_
     return statistics.median(times)
 
 
+def settle(seconds: float = 0.5) -> None:
+    """Lets the thread pools of the previous library park before the next
+    measurement (OpenMP and XLA workers spin for a while after work)."""
+    time.sleep(seconds)
+
+
 def machine() -> dict:
     """What the numbers were measured on."""
     from lumijax import native

@@ -57,24 +57,23 @@ pub struct Weights<'a> {
 }
 
 /// Unpacks signed 4-bit codes stored two per byte (low nibble first) into
-/// `count` i8 codes.
-pub fn unpack_int4(packed: &[u8], count: usize) -> Result<Vec<i8>, KernelError> {
-    let needed = count.div_ceil(2);
+/// `out`; `packed` must hold `⌈out.len()/2⌉` bytes.
+pub fn unpack_int4(packed: &[u8], out: &mut [i8]) -> Result<(), KernelError> {
+    let needed = out.len().div_ceil(2);
     if packed.len() != needed {
         return Err(KernelError::Shape(format!(
-            "{count} packed 4-bit codes take {needed} bytes, got {}",
+            "{} packed 4-bit codes take {needed} bytes, got {}",
+            out.len(),
             packed.len()
         )));
     }
-    let mut out = Vec::with_capacity(count);
-    for &byte in packed {
-        for nibble in [byte & 0x0f, byte >> 4] {
-            if out.len() < count {
-                out.push(((nibble << 4) as i8) >> 4); // sign-extend
-            }
+    for (pair, &byte) in out.chunks_mut(2).zip(packed) {
+        pair[0] = ((byte << 4) as i8) >> 4; // sign-extend the low nibble
+        if let Some(high) = pair.get_mut(1) {
+            *high = (byte as i8) >> 4;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn check_codes(m: usize, n: usize, k: usize, x: &Activations<'_>, w: &Weights<'_>) -> Result<(), KernelError> {
@@ -739,9 +738,13 @@ mod tests {
 
     #[test]
     fn unpacks_signed_nibbles_low_first() {
-        assert_eq!(unpack_int4(&[0x7f, 0x08], 3).unwrap(), vec![-1, 7, -8]);
-        assert_eq!(unpack_int4(&[0x21], 2).unwrap(), vec![1, 2]);
-        assert!(unpack_int4(&[0x21], 3).is_err());
+        let mut out = [0i8; 3];
+        unpack_int4(&[0x7f, 0x08], &mut out).unwrap();
+        assert_eq!(out, [-1, 7, -8]);
+        let mut out = [0i8; 2];
+        unpack_int4(&[0x21], &mut out).unwrap();
+        assert_eq!(out, [1, 2]);
+        assert!(unpack_int4(&[0x21], &mut [0i8; 3]).is_err());
     }
 
     #[test]

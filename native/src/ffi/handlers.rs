@@ -1,6 +1,7 @@
 //! The `extern "C"` entry points XLA calls, one per kernel.
 
 use gemm::{c32, c64};
+use rayon::prelude::*;
 
 use super::api::{dtype, XLA_FFI_CallFrame, XLA_FFI_Error};
 use super::{dispatch, dtype_name, Buffer, Call};
@@ -210,18 +211,22 @@ fn quantized(call: &Call<'_>) -> Result<(), KernelError> {
             out.as_mut_slice::<f32>()?
         }
     };
-    let weights: Vec<Vec<i8>> = wc
-        .chunks(n * stored_k)
-        .map(|part| {
-            if packed {
-                part.chunks(stored_k).map(|row| unpack_int4(row, k)).collect::<Result<Vec<_>, _>>().map(|rows| rows.concat())
-            } else {
-                Ok(part.iter().map(|&b| b as i8).collect())
-            }
-        })
-        .collect::<Result<_, _>>()?;
+    let unpacked: Vec<i8>;
+    let weights: &[i8] = if packed {
+        let mut codes = vec![0i8; parts * n * k];
+        codes
+            .par_chunks_mut(k.max(1))
+            .zip(wc.par_chunks(stored_k.max(1)))
+            .try_for_each(|(row, bytes)| unpack_int4(bytes, row))?;
+        unpacked = codes;
+        &unpacked
+    } else {
+        // SAFETY: int8 and uint8 have the same size and alignment.
+        unsafe { std::slice::from_raw_parts(wc.as_ptr() as *const i8, wc.len()) }
+    };
     let x = Activations { re: &xc[..m * k], im: (parts == 2).then(|| &xc[m * k..]), bits: x_bits, scale: sx[0], zero_point: x_zero };
-    let w = Weights { re: &weights[0], im: weights.get(1).map(Vec::as_slice), bits: w_bits, scale: sw, zero_point: zw };
+    let (w_re, w_im) = weights.split_at(n * k);
+    let w = Weights { re: w_re, im: (parts == 2).then_some(w_im), bits: w_bits, scale: sw, zero_point: zw };
     if parts == 2 {
         quantized_matmul_complex(m, n, k, &x, &w, y)
     } else {

@@ -4,6 +4,8 @@
 //! the plain Rust types of `lumijax-native` and `lumijax-export`, and hands
 //! the XLA FFI handlers to JAX as PyCapsules.
 
+mod arrays;
+
 use std::ffi::c_void;
 use std::ptr::NonNull;
 
@@ -71,5 +73,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(build_info, m)?)?;
     m.add_function(wrap_pyfunction!(ffi_handlers, m)?)?;
     m.add_function(wrap_pyfunction!(ffi_struct_sizes, m)?)?;
+    m.add_function(wrap_pyfunction!(arrays::matmul, m)?)?;
+    m.add_function(wrap_pyfunction!(arrays::causal_softmax, m)?)?;
+    m.add_function(wrap_pyfunction!(arrays::causal_softmax_backward_np, m)?)?;
     Ok(())
 }

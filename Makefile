@@ -37,9 +37,7 @@ test: $(BUILD_STAMP)
 	$(PY) -m pytest
 
 bench: $(BENCH_STAMP)
-	@shopt -s nullglob; benches=(benchmarks/bench_*.py); \
-	if [ $${#benches[@]} -eq 0 ]; then echo "no benchmarks in benchmarks/"; fi; \
-	for bench in "$${benches[@]}"; do echo "== $$bench"; $(PY) "$$bench"; done
+	for bench in benchmarks/bench_*.py; do echo "== $$bench"; $(PY) "$$bench"; done
 
 clean:
 	rm -rf $(VENV) target out

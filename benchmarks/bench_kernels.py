@@ -44,7 +44,7 @@ def complex_gemm(rows: list) -> None:
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
         native = jax.jit(kernels.complex_matmul)
         xla = jax.jit(jnp.matmul)
-        repeats = 3 if m >= 2048 else 7
+        repeats = 3 if m >= 2048 else (7 if m >= 1024 else 25)
         t_native = best_of(lambda: native(ja, jb).block_until_ready(), repeats)
         t_xla = best_of(lambda: xla(ja, jb).block_until_ready(), repeats)
         t_torch = best_of(lambda: torch.matmul(ta, tb), repeats)

@@ -67,11 +67,14 @@ pub fn unpack_int4(packed: &[u8], out: &mut [i8]) -> Result<(), KernelError> {
             packed.len()
         )));
     }
-    for (pair, &byte) in out.chunks_mut(2).zip(packed) {
-        pair[0] = ((byte << 4) as i8) >> 4; // sign-extend the low nibble
-        if let Some(high) = pair.get_mut(1) {
-            *high = (byte as i8) >> 4;
-        }
+    let low = |byte: u8| ((byte << 4) as i8) >> 4; // sign-extend the low nibble
+    let mut pairs = out.chunks_exact_mut(2);
+    for (pair, &byte) in (&mut pairs).zip(packed) {
+        pair[0] = low(byte);
+        pair[1] = (byte as i8) >> 4;
+    }
+    if let ([last], Some(&byte)) = (pairs.into_remainder(), packed.last()) {
+        *last = low(byte);
     }
     Ok(())
 }
@@ -374,8 +377,8 @@ fn fill_column_blocks(buf: &mut [u8], rows: usize, k: usize, kp: usize, codes: C
                 .map(|r| {
                     let sum = codes.write_row(r, k, &mut row, |v| v as u8);
                     let lane = r % VNNI_COLS;
-                    for (l, &v) in row.iter().enumerate() {
-                        dst[((l / 4) * VNNI_COLS + lane) * 4 + l % 4] = v;
+                    for (q, quad) in row.chunks(4).enumerate() {
+                        dst[(q * VNNI_COLS + lane) * 4..][..quad.len()].copy_from_slice(quad);
                     }
                     sum
                 })
@@ -516,19 +519,24 @@ mod avx512 {
     /// against four codes of 16 columns, so the lanes are output columns.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn block_vnni(a: *const u8, b: *const i8, kp: usize, len: usize, out: &mut [[i32; C]; R]) {
-        let mut acc = [[_mm512_setzero_si512(); 2]; R];
+        const V: usize = C / 16;
+        let mut acc = [[_mm512_setzero_si512(); V]; R];
         for q in 0..len / 4 {
-            let b0 = _mm512_loadu_si512(b.add(q * C * 4) as *const _);
-            let b1 = _mm512_loadu_si512(b.add(q * C * 4 + 64) as *const _);
+            let mut bv = [_mm512_setzero_si512(); V];
+            for v in 0..V {
+                bv[v] = _mm512_loadu_si512(b.add(q * C * 4 + v * 64) as *const _);
+            }
             for r in 0..R {
                 let quad = _mm512_set1_epi32((a.add(r * kp + q * 4) as *const i32).read_unaligned());
-                acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], quad, b0);
-                acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], quad, b1);
+                for v in 0..V {
+                    acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], quad, bv[v]);
+                }
             }
         }
         for r in 0..R {
-            _mm512_storeu_si512(out[r].as_mut_ptr() as *mut _, acc[r][0]);
-            _mm512_storeu_si512(out[r].as_mut_ptr().add(16) as *mut _, acc[r][1]);
+            for v in 0..V {
+                _mm512_storeu_si512(out[r].as_mut_ptr().add(16 * v) as *mut _, acc[r][v]);
+            }
         }
     }
 }

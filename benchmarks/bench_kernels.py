@@ -14,6 +14,7 @@ Prints a table and writes ``benchmarks/results/kernels.json``. Run with
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +23,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from common import best_of, machine, settle, write
+from common import compare, machine, write
 from lumijax import kernels
 
 QUICK = os.environ.get("LUMIJAX_BENCH_QUICK") == "1"
@@ -44,11 +45,13 @@ def complex_gemm(rows: list) -> None:
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
         native = jax.jit(kernels.complex_matmul)
         xla = jax.jit(jnp.matmul)
-        repeats = 3 if m >= 2048 else (7 if m >= 1024 else 25)
-        t_native = best_of(lambda: native(ja, jb).block_until_ready(), repeats)
-        t_xla = best_of(lambda: xla(ja, jb).block_until_ready(), repeats)
-        t_torch = best_of(lambda: torch.matmul(ta, tb), repeats)
-        settle()
+        rounds = 3 if m >= 2048 else (7 if m >= 1024 else 25)
+        t = compare({
+            "lumijax": lambda: native(ja, jb).block_until_ready(),
+            "xla": lambda: xla(ja, jb).block_until_ready(),
+            "torch": lambda: torch.matmul(ta, tb),
+        }, rounds)
+        t_native, t_xla, t_torch = t["lumijax"], t["xla"], t["torch"]
         flops = 8.0 * batch * m * k * n
         name = f"{batch}×({m}×{k}×{n})" if batch > 1 else f"{m}×{k}×{n}"
         rows.append({
@@ -66,25 +69,32 @@ def quantized_gemm(rows: list) -> None:
     size = 512 if QUICK else 1024
     a = (rng.standard_normal((size, size)) + 1j * rng.standard_normal((size, size))).astype(np.complex64)
     ta, tb = torch.from_numpy(a), torch.from_numpy(a.T.copy())
-    t_torch = best_of(lambda: torch.matmul(ta, tb))
-    settle()
-    for x_bits, w_bits, target in [(6, 4, "≥3× torch c64"), (8, 8, "as measured")]:
+    contenders = {"torch": lambda: torch.matmul(ta, tb)}
+    cases = [(6, 4, "≥3× torch c64"), (8, 8, "as measured")]
+    for x_bits, w_bits, _ in cases:
         xr, xi = (jnp.asarray(rng.integers(0, 1 << x_bits, (size, size), dtype=np.uint8)) for _ in range(2))
         lo, hi = -(1 << (w_bits - 1)), 1 << (w_bits - 1)
         wr, wi = (rng.integers(lo, hi, (size, size)).astype(np.int8) for _ in range(2))
         packed = w_bits <= 4
         if packed:
             wr, wi = kernels.pack_int4(wr), kernels.pack_int4(wi)
-        wr, wi = jnp.asarray(wr), jnp.asarray(wi)
-        sw = jnp.full(size, 0.01, jnp.float32)
-        product = jax.jit(lambda xr, xi, wr, wi, sw: kernels.quantized_matmul(
-            (xr, xi), (wr, wi), x_scale=0.01, x_bits=x_bits, w_scale=sw, w_bits=w_bits, packed=packed))
-        t = best_of(lambda: product(xr, xi, wr, wi, sw).block_until_ready())
+        operands = (xr, xi, jnp.asarray(wr), jnp.asarray(wi), jnp.full(size, 0.01, jnp.float32))
+        product = jax.jit(partial(_quantized_product, x_bits=x_bits, w_bits=w_bits, packed=packed))
+        contenders[f"{x_bits}x{w_bits}"] = partial(lambda p, ops: p(*ops).block_until_ready(), product, operands)
+    t = compare(contenders, 11)
+    for x_bits, w_bits, target in cases:
+        t_q = t[f"{x_bits}x{w_bits}"]
         rows.append({
             "kernel": f"quantized complex GEMM {x_bits}b act × {w_bits}b wt", "shape": f"{size}³",
-            "lumijax_ms": t * 1e3, "torch_ms": t_torch * 1e3, "vs_torch": t_torch / t, "target": target,
-            "lumijax_gflops_equivalent": 8.0 * size**3 / t / 1e9,
+            "lumijax_ms": t_q * 1e3, "torch_ms": t["torch"] * 1e3, "vs_torch": t["torch"] / t_q, "target": target,
+            "lumijax_gflops_equivalent": 8.0 * size**3 / t_q / 1e9,
         })
+
+
+def _quantized_product(xr, xi, wr, wi, sw, *, x_bits, w_bits, packed):
+    return kernels.quantized_matmul(
+        (xr, xi), (wr, wi), x_scale=0.01, x_bits=x_bits, w_scale=sw, w_bits=w_bits, packed=packed
+    )
 
 
 def _chained(fn, x):
@@ -107,24 +117,30 @@ def causal_softmax(rows: list) -> None:
     tx = torch.from_numpy(x)
     t_, s_ = shape[-2:]
     mask = torch.triu(torch.ones(t_, s_, dtype=torch.bool), diagonal=1)
-    t_torch = best_of(lambda: torch.softmax((tx * scale).masked_fill(mask, float("-inf")), dim=-1), 5)
-    settle()
     native = lambda x: kernels.causal_softmax(x, scale)
     reference = lambda x: kernels.causal_softmax_reference(x, scale)
-    for mode, donate in (("new output", ()), ("in place (donated logits)", (0,))):
-        t_native = best_of(_chained(jax.jit(native, donate_argnums=donate), jnp.asarray(x)), 5)
-        t_jnp = best_of(_chained(jax.jit(reference, donate_argnums=donate), jnp.asarray(x)), 5)
+    contenders = {"torch": lambda: torch.softmax((tx * scale).masked_fill(mask, float("-inf")), dim=-1)}
+    modes = (("new output", ()), ("in place (donated logits)", (0,)))
+    for mode, donate in modes:
+        contenders[f"lumijax {mode}"] = _chained(jax.jit(native, donate_argnums=donate), jnp.asarray(x))
+        contenders[f"xla {mode}"] = _chained(jax.jit(reference, donate_argnums=donate), jnp.asarray(x))
+    t = compare(contenders, 5)
+    for mode, _ in modes:
+        t_native, t_jnp = t[f"lumijax {mode}"], t[f"xla {mode}"]
         rows.append({
             "kernel": f"causal softmax fwd, {mode}", "shape": str(shape),
-            "lumijax_ms": t_native * 1e3, "xla_ms": t_jnp * 1e3, "torch_ms": t_torch * 1e3,
-            "vs_xla": t_jnp / t_native, "vs_torch": t_torch / t_native, "target": "≥5× both",
+            "lumijax_ms": t_native * 1e3, "xla_ms": t_jnp * 1e3, "torch_ms": t["torch"] * 1e3,
+            "vs_xla": t_jnp / t_native, "vs_torch": t["torch"] / t_native, "target": "≥5× both",
         })
     jx = jnp.asarray(x)
     dp = jnp.asarray(rng.standard_normal(shape).astype(np.float32))
     grad_native = jax.jit(jax.grad(lambda x: jnp.sum(native(x) * dp)))
     grad_jnp = jax.jit(jax.grad(lambda x: jnp.sum(reference(x) * dp)))
-    t_native = best_of(lambda: grad_native(jx).block_until_ready(), 5)
-    t_jnp = best_of(lambda: grad_jnp(jx).block_until_ready(), 5)
+    t = compare({
+        "lumijax": lambda: grad_native(jx).block_until_ready(),
+        "xla": lambda: grad_jnp(jx).block_until_ready(),
+    }, 5)
+    t_native, t_jnp = t["lumijax"], t["xla"]
     rows.append({
         "kernel": "causal softmax fwd+bwd (grad)", "shape": str(shape),
         "lumijax_ms": t_native * 1e3, "xla_ms": t_jnp * 1e3, "vs_xla": t_jnp / t_native, "target": "as measured",

@@ -13,23 +13,29 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def best_of(fn: Callable[[], object], repeats: int = 7, warmup: int = 2, budget_s: float = 20.0) -> float:
-    """Median wall time of ``fn()`` in seconds (``fn`` must block until done)."""
-    for _ in range(warmup):
-        fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while len(times) < repeats and (not times or time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def compare(
+    contenders: dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 2, settle_s: float = 1.0
+) -> dict[str, float]:
+    """Median wall time in seconds of each contender (each call must block
+    until its work is done).
 
-
-def settle(seconds: float = 0.5) -> None:
-    """Lets the thread pools of the previous library park before the next
-    measurement (OpenMP and XLA workers spin for a while after work)."""
-    time.sleep(seconds)
+    Each contender runs as a block of calls, its steady state in a loop,
+    after a pause: the thread pools of the library that ran before (OpenMP,
+    XLA's and rayon's workers spin for a while after work) have gone to sleep
+    and do not compete for the cores.
+    """
+    times: dict[str, float] = {}
+    for name, fn in contenders.items():
+        time.sleep(settle_s)
+        for _ in range(warmup):
+            fn()
+        samples = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t0)
+        times[name] = statistics.median(samples)
+    return times
 
 
 def machine() -> dict:

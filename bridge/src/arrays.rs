@@ -3,7 +3,7 @@
 //! kernel runs. Torch tensors reach these through `Tensor.numpy()`, which
 //! shares their memory.
 
-use lumijax_native::gemm::{batched_matmul, Element as GemmElement, MatmulShape, Op};
+use lumijax_native::gemm::{batched_matmul, split_matrix_shape, Element as GemmElement, MatmulShape, Op};
 use lumijax_native::softmax::{causal_softmax_backward, causal_softmax_forward, CausalShape};
 use lumijax_native::KernelError;
 use num_complex::{Complex32, Complex64};
@@ -23,10 +23,9 @@ fn contiguous<'a, T: Element>(array: &'a PyReadonlyArrayDyn<'_, T>, name: &str) 
 
 /// Splits a shape of rank ≥ 2 into (batch axes, rows, cols).
 fn matrix(shape: &[usize], name: &str) -> PyResult<(Vec<usize>, usize, usize)> {
-    match shape {
-        [batch @ .., rows, cols] => Ok((batch.to_vec(), *rows, *cols)),
-        _ => Err(PyValueError::new_err(format!("{name} must have rank ≥ 2, got shape {shape:?}"))),
-    }
+    let (batch, rows, cols) = split_matrix_shape(shape)
+        .ok_or_else(|| PyValueError::new_err(format!("{name} must have rank ≥ 2, got shape {shape:?}")))?;
+    Ok((batch.to_vec(), rows, cols))
 }
 
 fn broadcast(a: &[usize], b: &[usize]) -> PyResult<Vec<usize>> {

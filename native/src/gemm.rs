@@ -138,6 +138,15 @@ impl MatmulShape {
     }
 }
 
+/// Splits the shape of a stack of matrices into (batch axes, rows, cols);
+/// `None` below rank 2.
+pub fn split_matrix_shape(shape: &[usize]) -> Option<(&[usize], usize, usize)> {
+    match shape {
+        [batch @ .., rows, cols] => Some((batch, *rows, *cols)),
+        _ => None,
+    }
+}
+
 /// For each flat index of `out`, the flat index of `input` that numpy
 /// broadcasting reads (`input` right-aligned, size-1 axes repeated).
 pub fn broadcast_index(out: &[usize], input: &[usize], name: &str) -> Result<Vec<usize>, KernelError> {

@@ -557,6 +557,17 @@ mod avx2 {
         _mm_cvtsi128_si32(s)
     }
 
+    /// One 32-byte vector from each of `N` rows `stride` bytes apart.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn load_rows<const N: usize>(first: *const u8, stride: usize) -> [__m256i; N] {
+        let mut rows = [_mm256_setzero_si256(); N];
+        for (r, row) in rows.iter_mut().enumerate() {
+            *row = _mm256_loadu_si256(first.add(r * stride) as *const __m256i);
+        }
+        rows
+    }
+
     /// MR×NR dot products of u8 rows `a` with i8 rows `b` (row stride `kp`)
     /// over `len` codes: `vpmaddubsw` into i16 for `steps` vector steps, then
     /// widened to i32.
@@ -569,14 +580,8 @@ mod avx2 {
             let end = (k + steps * KB).min(len);
             let mut acc16 = [[_mm256_setzero_si256(); NR]; MR];
             while k < end {
-                let mut av = [_mm256_setzero_si256(); MR];
-                let mut bv = [_mm256_setzero_si256(); NR];
-                for r in 0..MR {
-                    av[r] = _mm256_loadu_si256(a.add(r * kp + k) as *const __m256i);
-                }
-                for c in 0..NR {
-                    bv[c] = _mm256_loadu_si256(b.add(c * kp + k) as *const __m256i);
-                }
+                let av = load_rows::<MR>(a.add(k), kp);
+                let bv = load_rows::<NR>(b.add(k) as *const u8, kp);
                 for r in 0..MR {
                     for c in 0..NR {
                         acc16[r][c] = _mm256_add_epi16(acc16[r][c], _mm256_maddubs_epi16(av[r], bv[c]));
@@ -603,14 +608,8 @@ mod avx2 {
     pub unsafe fn block_wide(a: *const i16, b: *const i16, kp: usize, len: usize, out: &mut [[i32; NR]; MR]) {
         let mut acc = [[_mm256_setzero_si256(); NR]; MR];
         for k in (0..len).step_by(16) {
-            let mut av = [_mm256_setzero_si256(); MR];
-            let mut bv = [_mm256_setzero_si256(); NR];
-            for r in 0..MR {
-                av[r] = _mm256_loadu_si256(a.add(r * kp + k) as *const __m256i);
-            }
-            for c in 0..NR {
-                bv[c] = _mm256_loadu_si256(b.add(c * kp + k) as *const __m256i);
-            }
+            let av = load_rows::<MR>(a.add(k) as *const u8, 2 * kp);
+            let bv = load_rows::<NR>(b.add(k) as *const u8, 2 * kp);
             for r in 0..MR {
                 for c in 0..NR {
                     acc[r][c] = _mm256_add_epi32(acc[r][c], _mm256_madd_epi16(av[r], bv[c]));

@@ -6,21 +6,17 @@ use rayon::prelude::*;
 use super::api::{dtype, XLA_FFI_CallFrame, XLA_FFI_Error};
 use super::{dispatch, dtype_name, Buffer, Call};
 use crate::error::{checked_product, KernelError};
-use crate::gemm::{batched_matmul, Element, MatmulShape, Op};
+use crate::gemm::{batched_matmul, split_matrix_shape, Element, MatmulShape, Op};
 use crate::quant::{quantized_matmul, quantized_matmul_complex, unpack_int4, Activations, Weights};
 use crate::softmax::{causal_softmax_backward, causal_softmax_forward, CausalShape};
 
 /// Splits a buffer of rank ≥ 2 into (batch axes, rows, cols).
 fn matrix_dims(buffer: &Buffer<'_>, name: &str) -> Result<(Vec<usize>, usize, usize), KernelError> {
-    let mut shape = buffer.shape()?;
-    if shape.len() < 2 {
-        return Err(KernelError::Shape(format!(
-            "{name} must have rank ≥ 2 (…, rows, cols), got shape {shape:?}"
-        )));
-    }
-    let cols = shape.pop().unwrap_or_default();
-    let rows = shape.pop().unwrap_or_default();
-    Ok((shape, rows, cols))
+    let shape = buffer.shape()?;
+    let (batch, rows, cols) = split_matrix_shape(&shape).ok_or_else(|| {
+        KernelError::Shape(format!("{name} must have rank ≥ 2 (…, rows, cols), got shape {shape:?}"))
+    })?;
+    Ok((batch.to_vec(), rows, cols))
 }
 
 fn run_matmul<T: Element>(a: &Buffer<'_>, b: &Buffer<'_>, c: &Buffer<'_>, shape: &MatmulShape) -> Result<(), KernelError> {

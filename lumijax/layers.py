@@ -1,0 +1,314 @@
+"""Photonic layers (Flax NNX): every matrix product on the simulated core.
+
+A non-ideal product applies what the hardware does, in order: weights
+fake-quantized to codes with a learnable (LSQ) scale → linear crosstalk
+compensation → WDM and heater crosstalk and ring drift → input DAC
+quantization → the product → detector noise (``"noisy"`` only, from the
+``noise`` stream of ``nnx.Rngs``) → output ADC quantization. Mode
+``"ideal"`` is the exact float product of the corresponding Flax layer;
+``"expected"`` is the noise-free hardware result. The channel spacing and
+the scales are ``nnx.Param``s, so gradients reach them.
+
+DAC and ADC ranges come from :class:`~lumijax.quant.DynamicRangeEstimator`
+states that :meth:`PhotonicCore.observe` updates (call the layer with
+``observe=True`` on calibration data); before any observation the range of
+the current batch is used.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from lumijax import hardware as hw
+from lumijax import kernels, quant
+
+Array = jax.Array
+Mode = Literal["ideal", "expected", "noisy"]
+MODES = ("ideal", "expected", "noisy")
+
+
+class RangeStat(nnx.Variable):
+    """A :class:`~lumijax.quant.RangeState` of a DAC or ADC (not trained)."""
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"mode = {mode!r}: use one of {MODES}")
+    return mode
+
+
+class PhotonicCore(nnx.Module):
+    """The hardware under a layer: WDM grid, converters and noise.
+
+    Args:
+      hardware: the hardware model; its ``channel_spacing_nm`` becomes a
+        trainable parameter.
+      mode: ``"ideal"``, ``"expected"`` or ``"noisy"``.
+      input_bits: DAC bits (default ``hardware.dac_bits``).
+      output_bits: ADC bits (default ``hardware.adc_bits``).
+      compensate: program linear crosstalk compensation.
+      drift_K: temperature offset of the rings from calibration (K), scalar
+        or per ring ``(num_channels,)``.
+    """
+
+    def __init__(
+        self,
+        hardware: hw.HardwareConfig | None = None,
+        *,
+        mode: Mode = "expected",
+        input_bits: int | None = None,
+        output_bits: int | None = None,
+        compensate: bool = True,
+        drift_K: float = 0.0,
+        rngs: nnx.Rngs,
+    ):
+        self.hardware = hardware or hw.HardwareConfig()
+        self.mode = _check_mode(mode)
+        self.input_bits = input_bits or self.hardware.dac_bits
+        self.output_bits = output_bits or self.hardware.adc_bits
+        self.compensate = compensate
+        self.drift_K = drift_K
+        self.channel_spacing_nm = nnx.Param(jnp.float32(self.hardware.channel_spacing_nm))
+        self.estimator = quant.DynamicRangeEstimator(hardware=self.hardware)
+        self.input_range = RangeStat(self.estimator.init())
+        self.output_range = RangeStat(self.estimator.init())
+        self.rngs = rngs
+
+    def config(self) -> hw.HardwareConfig:
+        """The hardware with the current (possibly traced) channel spacing."""
+        return self.hardware.replace(channel_spacing_nm=self.channel_spacing_nm[...])
+
+    def _convert(self, x: Array, state: quant.RangeState, bits: int) -> Array:
+        """Fake-quantize ``x`` with a DAC/ADC of ``bits`` over the tracked range."""
+        batch_range = jax.lax.stop_gradient(jnp.max(jnp.abs(x)))
+        full_scale = jnp.where(state.count > 0, state.range, batch_range)
+        scale = jnp.maximum(full_scale, jnp.finfo(jnp.float32).tiny) / ((1 << (bits - 1)) - 1)
+        return quant.fake_quant(x, quant.QuantParams(scale, jnp.int32(0), bits))
+
+    def product(self, x: Array, w: Array, *, observe: bool = False, key: Array | None = None) -> Array:
+        """``x·Wᵀ`` on the core; ``w`` ``(out, in)`` already weight-quantized.
+
+        Args:
+          x: ``(..., in)``.
+          w: ``(out, in)``, the programmed (quantized) weights.
+          observe: update the DAC and ADC range trackers with this batch.
+          key: noise key for ``"noisy"`` mode; default, the next key of the
+            ``noise`` stream (pass keys explicitly inside ``jax.vmap``).
+        """
+        if self.mode == "ideal":
+            return jnp.matmul(x, w.T)
+        config = self.config()
+        if observe:
+            self.input_range.set_value(self.estimator.update(self.input_range.get_value(), x))
+        x_q = self._convert(x, self.input_range.get_value(), self.input_bits)
+        detuning = hw.thermal_drift_nm(config, jnp.broadcast_to(jnp.asarray(self.drift_K, jnp.float32), (config.num_channels,)))
+        if self.mode != "noisy":
+            key = None
+        elif key is None:
+            key = self.rngs.noise()
+        full_scale = jnp.where(self.input_range.get_value().count > 0, self.input_range.get_value().range, jax.lax.stop_gradient(jnp.max(jnp.abs(x))))
+        y = hw.photonic_matmul(
+            x_q, w, config, key, ring_detuning_nm=detuning, compensate=self.compensate, input_full_scale=full_scale
+        )
+        if observe:
+            self.output_range.set_value(self.estimator.update(self.output_range.get_value(), y))
+        return self._convert(y, self.output_range.get_value(), self.output_bits)
+
+
+class _QuantizedWeights(nnx.Module):
+    """A weight matrix ``(out, in)`` with per-output-channel LSQ scales."""
+
+    def _init_scales(self, w: Array, bits: int) -> None:
+        self.weight_bits = bits
+        params = quant.WeightQuantizer(bits=bits, method="minmax").calibrate(w, {"snr_db": 100.0})
+        self.weight_scale = nnx.Param(params.scale)
+
+    def quantized(self, w: Array) -> Array:
+        return quant.lsq_quant(w, self.weight_scale[...], self.weight_bits)
+
+    def calibrate_weights(self, w: Array, hardware_state: dict, activations: Array | None = None) -> quant.QuantParams:
+        """Sets the scales to the adaptive (hardware-aware) choice."""
+        params = quant.WeightQuantizer(bits=self.weight_bits, hardware=self.core.hardware).calibrate(w, hardware_state, activations)
+        self.weight_scale[...] = params.scale
+        return params
+
+
+class OpticalLinear(_QuantizedWeights):
+    """``y = x·W + b`` with the product on the photonic core.
+
+    Parameters match ``nnx.Linear``: ``kernel`` ``(in, out)`` and ``bias``
+    ``(out,)``; ``"ideal"`` mode is exactly ``nnx.Linear``'s result.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        use_bias: bool = True,
+        weight_bits: int = 8,
+        core: PhotonicCore | None = None,
+        rngs: nnx.Rngs,
+    ):
+        linear = nnx.Linear(in_features, out_features, use_bias=use_bias, rngs=rngs)
+        self.kernel = linear.kernel
+        self.bias = linear.bias if use_bias else None
+        self.core = core or PhotonicCore(rngs=rngs)
+        self._init_scales(self.kernel[...].T, weight_bits)
+
+    def __call__(self, x: Array, *, observe: bool = False) -> Array:
+        if self.core.mode == "ideal":
+            y = jnp.matmul(x, self.kernel[...])
+        else:
+            y = self.core.product(x, self.quantized(self.kernel[...].T), observe=observe)
+        return y + self.bias[...] if self.bias is not None else y
+
+    def calibrate(self, hardware_state: dict, activations: Array | None = None) -> quant.QuantParams:
+        return self.calibrate_weights(self.kernel[...].T, hardware_state, activations)
+
+
+class OpticalConv(_QuantizedWeights):
+    """2-D convolution (NHWC) with the product on the photonic core.
+
+    Each output pixel is a dot product over a ``(kh, kw, C_in)`` patch with
+    the input-channel axis on the wavelengths (adjacent channels of one tap
+    are adjacent carriers). Parameters match ``nnx.Conv``: ``kernel``
+    ``(kh, kw, C_in, C_out)``, ``bias`` ``(C_out,)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | tuple[int, int],
+        strides: int | tuple[int, int] = 1,
+        *,
+        padding: str | tuple = "SAME",
+        use_bias: bool = True,
+        weight_bits: int = 8,
+        core: PhotonicCore | None = None,
+        rngs: nnx.Rngs,
+    ):
+        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
+        self.strides = pair(strides)
+        self.conv = nnx.Conv(in_features, out_features, pair(kernel_size), self.strides, padding=padding, use_bias=use_bias, rngs=rngs)
+        self.core = core or PhotonicCore(rngs=rngs)
+        self._init_scales(self._matrix(self.conv.kernel[...]), weight_bits)
+
+    @staticmethod
+    def _matrix(kernel: Array) -> Array:
+        kh, kw, cin, cout = kernel.shape
+        return kernel.reshape(kh * kw * cin, cout).T  # (out, kh·kw·C_in), C_in fastest
+
+    def __call__(self, x: Array, *, observe: bool = False) -> Array:
+        if self.core.mode == "ideal":
+            return self.conv(x)
+        kh, kw, cin, _ = self.conv.kernel[...].shape
+        patches = jax.lax.conv_general_dilated_patches(
+            x, (kh, kw), self.strides, self.conv.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )  # (N, H', W', C_in·kh·kw), C_in slowest
+        n, ho, wo, _ = patches.shape
+        patches = patches.reshape(n, ho, wo, cin, kh * kw).swapaxes(-1, -2).reshape(n, ho, wo, -1)
+        y = self.core.product(patches, self.quantized(self._matrix(self.conv.kernel[...])), observe=observe)
+        return y + self.conv.bias[...] if self.conv.bias is not None else y
+
+    def calibrate(self, hardware_state: dict, activations: Array | None = None) -> quant.QuantParams:
+        return self.calibrate_weights(self._matrix(self.conv.kernel[...]), hardware_state, activations)
+
+
+class ComplexOpticalLinear(nnx.Module):
+    """Coherent ``y = x·Wᵀ`` with ``W = a·e^{iφ}`` on the native complex GEMM.
+
+    Non-ideal modes set the amplitudes with ``amplitude_bits`` (over
+    ``[0, max a]``) and the phases with ``phase_bits`` (over ``[0, 2π)``),
+    and ``"noisy"`` adds amplitude noise (relative std
+    ``amplitude_noise``) and phase noise (std ``phase_noise_rad``) from the
+    ``noise`` stream.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        dtype=jnp.complex64,
+        mode: Mode = "expected",
+        amplitude_bits: int = 8,
+        phase_bits: int = 8,
+        amplitude_noise: float = 0.0,
+        phase_noise_rad: float = 0.0,
+        rngs: nnx.Rngs,
+    ):
+        if jnp.dtype(dtype) not in (jnp.complex64, jnp.complex128):
+            raise ValueError(f"dtype must be complex64 or complex128, got {dtype}")
+        real = jnp.float32 if jnp.dtype(dtype) == jnp.complex64 else jnp.float64
+        init = jax.random.normal(rngs.params(), (2, out_features, in_features), real) / jnp.sqrt(2.0 * in_features)
+        w = init[0] + 1j * init[1]
+        self.dtype = jnp.dtype(dtype)
+        self.amplitude = nnx.Param(jnp.abs(w).astype(real))
+        self.phase = nnx.Param(jnp.angle(w).astype(real))
+        self.mode = _check_mode(mode)
+        self.amplitude_bits, self.phase_bits = amplitude_bits, phase_bits
+        self.amplitude_noise, self.phase_noise_rad = amplitude_noise, phase_noise_rad
+        self.rngs = rngs
+
+    def weight(self) -> Array:
+        """The complex weights the hardware applies, ``(out, in)``."""
+        a, phi = self.amplitude[...], self.phase[...]
+        if self.mode != "ideal":
+            a_step = jax.lax.stop_gradient(jnp.max(a)) / ((1 << self.amplitude_bits) - 1)
+            a = a_step * quant._round_ste(a / a_step)
+            phi_step = 2 * jnp.pi / (1 << self.phase_bits)
+            phi = phi_step * quant._round_ste(phi / phi_step)
+        if self.mode == "noisy":
+            key_a, key_p = jax.random.split(self.rngs.noise())
+            a = a * (1.0 + self.amplitude_noise * jax.random.normal(key_a, a.shape, a.dtype))
+            phi = phi + self.phase_noise_rad * jax.random.normal(key_p, phi.shape, phi.dtype)
+        return (a * jnp.exp(1j * phi)).astype(self.dtype)
+
+    def __call__(self, x: Array) -> Array:
+        return kernels.complex_matmul(jnp.asarray(x, self.dtype), self.weight().T)
+
+
+class PhotonicAttention(nnx.Module):
+    """Causal multi-head self-attention with its products on the core.
+
+    The projections are :class:`OpticalLinear`; the score product ``QKᵀ``
+    and the mixing ``AV`` run on the core too (both operands are
+    activations, quantized by the DACs), and the causal softmax on the fused
+    native kernel.
+    """
+
+    def __init__(self, features: int, num_heads: int, *, weight_bits: int = 8, core: PhotonicCore | None = None, rngs: nnx.Rngs):
+        if features % num_heads:
+            raise ValueError(f"features = {features} is not divisible by num_heads = {num_heads}")
+        self.core = core or PhotonicCore(rngs=rngs)
+        self.num_heads = num_heads
+        self.head_dim = features // num_heads
+        make = lambda: OpticalLinear(features, features, weight_bits=weight_bits, core=self.core, rngs=rngs)
+        self.query, self.key, self.value, self.out = make(), make(), make(), make()
+
+    def __call__(self, x: Array, *, observe: bool = False) -> Array:
+        """``x`` ``(batch, T, features)`` → ``(batch, T, features)``."""
+        b, t, _ = x.shape
+        split = lambda y: y.reshape(b, t, self.num_heads, self.head_dim).transpose(0, 2, 1, 3)
+        q = split(self.query(x, observe=observe))
+        k = split(self.key(x, observe=observe))
+        v = split(self.value(x, observe=observe))
+        scale = 1.0 / float(self.head_dim) ** 0.5
+        scores = self._pairwise(q, k)  # (b, h, T, T)
+        probs = kernels.causal_softmax(scores.astype(jnp.float32), scale)
+        mixed = self._pairwise(probs, v.swapaxes(-1, -2))  # (b, h, T, head_dim)
+        return self.out(mixed.transpose(0, 2, 1, 3).reshape(b, t, -1), observe=observe)
+
+    def _pairwise(self, a: Array, b: Array) -> Array:
+        """``a[i, j]·b[i, j]ᵀ`` on the core for every batch ``i`` and head ``j``."""
+        if self.core.mode == "ideal":
+            return jnp.matmul(a, b.swapaxes(-1, -2))
+        keys = jax.random.split(self.core.rngs.noise(), a.shape[:2]) if self.core.mode == "noisy" else jnp.zeros(a.shape[:2])
+        product = lambda a, b, key: self.core.product(a, b, key=key if self.core.mode == "noisy" else None)
+        return jax.vmap(jax.vmap(product))(a, b, keys)

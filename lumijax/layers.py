@@ -261,9 +261,9 @@ class ComplexOpticalLinear(nnx.Module):
         a, phi = self.amplitude[...], self.phase[...]
         if self.mode != "ideal":
             a_step = jax.lax.stop_gradient(jnp.max(a)) / ((1 << self.amplitude_bits) - 1)
-            a = a_step * quant._round_ste(a / a_step)
+            a = a_step * quant.round_ste(a / a_step)
             phi_step = 2 * jnp.pi / (1 << self.phase_bits)
-            phi = phi_step * quant._round_ste(phi / phi_step)
+            phi = phi_step * quant.round_ste(phi / phi_step)
         if self.mode == "noisy":
             key_a, key_p = jax.random.split(self.rngs.noise())
             a = a * (1.0 + self.amplitude_noise * jax.random.normal(key_a, a.shape, a.dtype))

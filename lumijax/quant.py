@@ -76,23 +76,46 @@ def dequantize(codes: Array, params: QuantParams) -> Array:
 
 
 @jax.custom_vjp
-def _round_ste(x: Array) -> Array:
+def round_ste(x: Array) -> Array:
+    """``round(x)`` whose gradient is the identity (straight-through)."""
     return jnp.round(x)
 
 
-_round_ste.defvjp(lambda x: (jnp.round(x), None), lambda _, g: (g,))
+round_ste.defvjp(lambda x: (jnp.round(x), None), lambda _, g: (g,))
 
 
 def fake_quant(w: Array, params: QuantParams) -> Array:
     """Quantize then dequantize, with the straight-through gradient.
 
-    The gradient with respect to ``w`` is 1 where ``w`` lies inside the
-    representable range and 0 where it is clipped.
+    The gradient with respect to ``w`` is 1 where ``w`` rounds to a code
+    inside the range and 0 where it is clipped. The
+    scale and zero point get no gradient here; :func:`lsq_quant` learns a
+    scale.
     """
-    lo, hi = params.code_range
-    z = params.zero_point
-    inner = jnp.clip(w / params.scale + z, lo, hi)
-    return params.scale * (_round_ste(inner) - z)
+    return _fake_quant(w, params.scale, params.zero_point, params.bits)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _fake_quant(w: Array, scale: Array, zero_point: Array, bits: int) -> Array:
+    lo, hi = code_range(bits)
+    return scale * (jnp.clip(jnp.round(w / scale + zero_point), lo, hi) - zero_point)
+
+
+def _fake_quant_fwd(w, scale, zero_point, bits):
+    return _fake_quant(w, scale, zero_point, bits), (w, scale, zero_point)
+
+
+def _fake_quant_bwd(bits, residuals, g):
+    w, scale, zero_point = residuals
+    lo, hi = code_range(bits)
+    # Inside: the value rounds to a code the range holds (so the end of the
+    # range itself, reached up to rounding, passes the gradient).
+    code = jnp.round(w / scale + zero_point)
+    inside = (code >= lo) & (code <= hi)
+    return jnp.where(inside, g, 0.0), jnp.zeros_like(scale), np.zeros(jnp.shape(zero_point), jax.dtypes.float0)
+
+
+_fake_quant.defvjp(_fake_quant_fwd, _fake_quant_bwd)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))

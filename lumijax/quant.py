@@ -233,16 +233,27 @@ def _grid_scales(w: np.ndarray, bits: int, symmetric: bool, alpha: Array, per_ch
     return scale, zero
 
 
-def output_error(w: Array, params: QuantParams, snr_db: float, fan_in_tiles: int, input_power: Array, input_full_scale2: Array, hessian: Array | None = None) -> Array:
+def output_error(
+    w: Array,
+    params: QuantParams,
+    snr_db: float,
+    fan_in_tiles: int,
+    input_power: Array | None,
+    input_full_scale2: Array,
+    hessian: Array | None = None,
+    codes: Array | None = None,
+) -> Array:
     """Expected squared output error of one quantized layer, per output channel.
 
     ``E‖(W − Ŵ)x‖² + noise``: the quantization term is ``σ_x²‖w − ŵ‖²`` for
     inputs of power ``σ_x²`` (or ``(w − ŵ)ᵀH(w − ŵ)`` with the input
     second moment ``H = E[xxᵀ]``), the detector noise term
-    ``tiles·x_fs²·w_fs²/SNR`` with ``w_fs`` the largest programmed ``|ŵ|``.
+    ``tiles·x_fs²·w_fs²/SNR`` with ``w_fs`` the largest programmed ``|ŵ|``
+    (the full scale the codes span). ``Ŵ`` is ``w`` rounded to nearest, or
+    the given ``codes``.
     """
     lo, hi = params.code_range
-    err = w - fake_quant(w, params)
+    err = w - (fake_quant(w, params) if codes is None else dequantize(codes, params))
     if hessian is None:
         quant = input_power * jnp.sum(err * err, axis=-1)
     else:
@@ -331,7 +342,8 @@ class WeightQuantizer:
             err = output_error(w, QuantParams(scale_b, zero_b, bits), snr_db, tiles, input_power, full_scale2, hessian)
             return err if per_channel else jnp.full_like(err, jnp.sum(err))
 
-        alphas = jnp.linspace(1.0 / self.grid, 1.0, self.grid)
+        # coarse over (0, 1], fine near 1 where high bit widths land
+        alphas = jnp.concatenate([jnp.linspace(1.0 / self.grid, 1.0, self.grid), jnp.linspace(0.8, 1.0, 81)])
         errors = jax.lax.map(objective, alphas)  # (grid, out)
         best = alphas[jnp.argmin(errors, axis=0)]  # (out,)
         alpha = best[:, None] if per_channel else best[0]
@@ -339,14 +351,38 @@ class WeightQuantizer:
         return QuantParams(scale, zero, bits)
 
     def quantize_weights(self, weights: Any, hardware_state: Mapping[str, float], activations: Any | None = None) -> tuple[Array, QuantParams]:
-        """Codes and parameters; with ``activations``, codes rounded with
-        error feedback on the layer output (:func:`gptq_round`)."""
+        """Codes and parameters.
+
+        With ``activations``, the codes are rounded with error feedback on
+        the layer output (:func:`gptq_round`), and since that rounding
+        changes which clipping pays, each channel's scale is refined among
+        multiples of the calibrated one (never past min-max) by the same
+        output-error objective evaluated on the rounded codes.
+        """
         params = self.calibrate(weights, hardware_state, activations)
         w = jnp.asarray(_as_array(weights))
         if activations is None:
             return quantize(w, params), params
         x = jnp.asarray(_as_array(activations, "activations")).reshape(-1, w.shape[1])
-        return gptq_round(w, params, x.T @ x / x.shape[0]), params
+        hessian = x.T @ x / x.shape[0]
+        if self.method == "minmax" or self.granularity != "per_channel":
+            return gptq_round(w, params, hessian), params
+        snr_db = hardware_snr_db(hardware_state, self.hardware)
+        tiles = -(-w.shape[1] // (self.hardware or hw.HardwareConfig()).num_channels)
+        full_scale2 = jnp.max(jnp.abs(x)) ** 2
+        ceiling, _ = _grid_scales(w, params.bits, self.symmetric, 1.0, True)
+        best = None
+        for factor in (0.7, 0.8, 0.85, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2):
+            scale = jnp.minimum(params.scale * factor, ceiling)
+            candidate = QuantParams(scale, params.zero_point, params.bits)
+            codes = gptq_round(w, candidate, hessian)
+            error = output_error(w, candidate, snr_db, tiles, None, full_scale2, hessian, codes)
+            if best is None:
+                best = (error, codes, scale)
+            else:
+                better = error < best[0]
+                best = (jnp.where(better, error, best[0]), jnp.where(better[:, None], codes, best[1]), jnp.where(better[:, None], scale, best[2]))
+        return best[1], QuantParams(best[2], params.zero_point, params.bits)
 
 
 def gptq_round(w: Array, params: QuantParams, hessian: Array, damping: float = 0.01) -> Array:

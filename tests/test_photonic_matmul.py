@@ -7,7 +7,6 @@ import pytest
 from jax.test_util import check_grads
 
 from lumijax import hardware as hw
-from lumijax.hardware import HardwareConfig
 
 
 @pytest.fixture

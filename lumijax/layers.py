@@ -124,11 +124,21 @@ class _QuantizedWeights(nnx.Module):
 
     def _init_scales(self, w: Array, bits: int) -> None:
         self.weight_bits = bits
+        self.slot_order: tuple[int, ...] | None = None  # inputs in WDM slot order
         params = quant.WeightQuantizer(bits=bits, method="minmax").calibrate(w, {"snr_db": 100.0})
         self.weight_scale = nnx.Param(params.scale)
 
     def quantized(self, w: Array) -> Array:
         return quant.lsq_quant(w, self.weight_scale[...], self.weight_bits)
+
+    def _on_core(self, x: Array, w: Array, observe: bool) -> Array:
+        """``x·Wᵀ`` on the core with the inputs in their planned slots
+        (``slot_order``, set by :meth:`lumijax.wdm.WDMMap.apply`): the
+        product is the same, the crosstalk follows the slots."""
+        if self.slot_order is not None:
+            index = jnp.asarray(self.slot_order)
+            x, w = jnp.take(x, index, axis=-1), jnp.take(w, index, axis=-1)
+        return self.core.product(x, self.quantized(w), observe=observe)
 
     def calibrate_weights(self, w: Array, hardware_state: dict, activations: Array | None = None) -> quant.QuantParams:
         """Sets the scales to the adaptive (hardware-aware) choice."""
@@ -158,17 +168,21 @@ class OpticalLinear(_QuantizedWeights):
         self.kernel = linear.kernel
         self.bias = linear.bias if use_bias else None
         self.core = core or PhotonicCore(rngs=rngs)
-        self._init_scales(self.kernel[...].T, weight_bits)
+        self._init_scales(self.weight_matrix(), weight_bits)
 
     def __call__(self, x: Array, *, observe: bool = False) -> Array:
         if self.core.mode == "ideal":
             y = jnp.matmul(x, self.kernel[...])
         else:
-            y = self.core.product(x, self.quantized(self.kernel[...].T), observe=observe)
+            y = self._on_core(x, self.weight_matrix(), observe)
         return y + self.bias[...] if self.bias is not None else y
 
+    def weight_matrix(self) -> Array:
+        """The weights as the core holds them, ``(out, in)``."""
+        return self.kernel[...].T
+
     def calibrate(self, hardware_state: dict, activations: Array | None = None) -> quant.QuantParams:
-        return self.calibrate_weights(self.kernel[...].T, hardware_state, activations)
+        return self.calibrate_weights(self.weight_matrix(), hardware_state, activations)
 
 
 class OpticalConv(_QuantizedWeights):
@@ -197,7 +211,7 @@ class OpticalConv(_QuantizedWeights):
         self.strides = pair(strides)
         self.conv = nnx.Conv(in_features, out_features, pair(kernel_size), self.strides, padding=padding, use_bias=use_bias, rngs=rngs)
         self.core = core or PhotonicCore(rngs=rngs)
-        self._init_scales(self._matrix(self.conv.kernel[...]), weight_bits)
+        self._init_scales(self.weight_matrix(), weight_bits)
 
     @staticmethod
     def _matrix(kernel: Array) -> Array:
@@ -213,11 +227,15 @@ class OpticalConv(_QuantizedWeights):
         )  # (N, H', W', C_in·kh·kw), C_in slowest
         n, ho, wo, _ = patches.shape
         patches = patches.reshape(n, ho, wo, cin, kh * kw).swapaxes(-1, -2).reshape(n, ho, wo, -1)
-        y = self.core.product(patches, self.quantized(self._matrix(self.conv.kernel[...])), observe=observe)
+        y = self._on_core(patches, self.weight_matrix(), observe)
         return y + self.conv.bias[...] if self.conv.bias is not None else y
 
+    def weight_matrix(self) -> Array:
+        """The weights as the core holds them, ``(out, kh·kw·C_in)``."""
+        return self._matrix(self.conv.kernel[...])
+
     def calibrate(self, hardware_state: dict, activations: Array | None = None) -> quant.QuantParams:
-        return self.calibrate_weights(self._matrix(self.conv.kernel[...]), hardware_state, activations)
+        return self.calibrate_weights(self.weight_matrix(), hardware_state, activations)
 
 
 class ComplexOpticalLinear(nnx.Module):

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+from flax import nnx
 from rich.table import Table
 
 from lumijax import hardware as hw
@@ -46,6 +47,31 @@ class PhotonicOp:
     @property
     def fan_in(self) -> int:
         return int(np.asarray(self.channel_power).shape[0])
+
+
+def _planned_layers(model: nnx.Module) -> dict[str, nnx.Module]:
+    """The layers of ``model`` whose products the planner places, by path."""
+    from lumijax import layers
+
+    return {
+        ".".join(str(p) for p in path): node
+        for path, node in nnx.iter_graph(model)
+        if isinstance(node, (layers.OpticalLinear, layers.OpticalConv))
+    }
+
+
+def photonic_ops(model: nnx.Module) -> list[PhotonicOp]:
+    """The ops of a photonic NNX model, with per-input power from the weights.
+
+    The power of input ``i`` is the energy ``Σ_o w_oi²`` it sends through the
+    bank, normalised to the strongest input; the bits are the layer's weight
+    bits.
+    """
+    ops = []
+    for name, layer in _planned_layers(model).items():
+        energy = np.sum(np.asarray(layer.weight_matrix(), np.float64) ** 2, axis=0)
+        ops.append(PhotonicOp(name, energy / max(float(energy.max()), 1e-30), layer.weight_bits))
+    return ops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +121,18 @@ class WDMMap:
     @classmethod
     def from_dict(cls, data: dict) -> WDMMap:
         return cls(hw.HardwareConfig(**data["hardware"]), [OpAllocation(**op) for op in data["ops"]])
+
+    def apply(self, model: nnx.Module) -> None:
+        """Puts the plan on the layers of ``model``: each layer's inputs go to
+        their planned slots and its core takes the planned spacing (a core
+        shared by several layers takes the last of their spacings)."""
+        found = _planned_layers(model)
+        for op in self.ops:
+            if op.name not in found:
+                raise KeyError(f"the WDM map plans op {op.name!r}, which the model does not have")
+            layer = found[op.name]
+            layer.slot_order = tuple(op.permutation)
+            layer.core.channel_spacing_nm[...] = np.float32(op.spacing_nm)
 
     def table(self) -> Table:
         """A rich table of the plan."""
@@ -227,9 +265,14 @@ class WDMPlanner:
         return hi
 
     def optimize_allocation(self, model_graph: Iterable[PhotonicOp] | object) -> WDMMap:
-        """The WDM map of ``model_graph``: :class:`PhotonicOp`s, or an object
-        with a ``photonic_ops()`` method that yields them."""
-        ops = model_graph.photonic_ops() if hasattr(model_graph, "photonic_ops") else model_graph
+        """The WDM map of ``model_graph``: a photonic NNX model, an object
+        with a ``photonic_ops()`` method, or :class:`PhotonicOp`s."""
+        if isinstance(model_graph, nnx.Module):
+            ops = photonic_ops(model_graph)
+        elif hasattr(model_graph, "photonic_ops"):
+            ops = model_graph.photonic_ops()
+        else:
+            ops = model_graph
         n = self.hardware.num_channels
         plans = []
         for op in ops:

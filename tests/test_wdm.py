@@ -1,5 +1,6 @@
 """WDMPlanner: allocation, spacing compression and the WDM map."""
 
+import dataclasses
 import itertools
 import json
 
@@ -75,3 +76,44 @@ def test_map_round_trips_through_dict_and_json(tmp_path):
     path = plan.plot_spectra("a", tmp_path / "a.png")
     assert path.stat().st_size > 10_000
     assert plan.table().row_count == 1
+
+
+def test_planning_a_photonic_model_and_applying_the_plan():
+    from flax import nnx
+
+    from lumijax import layers
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            core = lambda: layers.PhotonicCore(hardware=CONFIG, compensate=False, input_bits=16, output_bits=16, rngs=rngs)
+            self.first = layers.OpticalLinear(12, 6, weight_bits=5, core=core(), rngs=rngs)
+            self.second = layers.OpticalLinear(6, 3, weight_bits=6, core=core(), rngs=rngs)
+
+        def __call__(self, x):
+            return self.second(self.first(x))
+
+    net = Net(nnx.Rngs(0))
+    # skew the input energy so that the order matters
+    net.first.kernel[...] = net.first.kernel[...] * np.array([3, 3, 3, 0.1, 0.1, 0.1, 3, 3, 0.1, 0.1, 0.1, 0.1])[:, None]
+    ops = wdm.photonic_ops(net)
+    assert [op.name for op in ops] == ["first", "second"] and [op.bits for op in ops] == [5, 6]
+    energy = np.sum(np.asarray(net.first.kernel[...]) ** 2, axis=1)
+    np.testing.assert_allclose(ops[0].channel_power, energy / energy.max(), rtol=1e-5)
+    plan = wdm.WDMPlanner(CONFIG).optimize_allocation(net)
+    assert plan.ops[0].crosstalk_cost < plan.ops[0].sequential_cost
+
+    x = np.asarray(RNG.standard_normal((4, 12)), np.float32)
+    before = np.asarray(net(x))
+    plan.apply(net)
+    assert net.first.slot_order == tuple(plan.ops[0].permutation)
+    assert float(net.first.core.channel_spacing_nm[...]) == pytest.approx(plan.ops[0].spacing_nm)
+    after = np.asarray(net(x))
+    assert not np.allclose(before, after)  # the plan changes what the hardware computes
+    # and what it computes is the product with the crosstalk of the planned slots
+    order = np.array(plan.ops[0].permutation)
+    w = np.asarray(net.first.quantized(net.first.weight_matrix()))[:, order]  # the 5-bit weights it holds
+    coupled = np.asarray(hw.effective_weights(w, CONFIG.replace(channel_spacing_nm=plan.ops[0].spacing_nm)))
+    hidden = x[:, order] @ coupled.T + np.asarray(net.first.bias[...])
+    np.testing.assert_allclose(np.asarray(net.first(x)), hidden, atol=3e-3 * np.abs(hidden).max())
+    with pytest.raises(KeyError, match="ghost"):
+        wdm.WDMMap(CONFIG, [dataclasses.replace(plan.ops[0], name="ghost")]).apply(net)

@@ -82,10 +82,14 @@ class PhotonicCore(nnx.Module):
         """The hardware with the current (possibly traced) channel spacing."""
         return self.hardware.replace(channel_spacing_nm=self.channel_spacing_nm[...])
 
+    @staticmethod
+    def _full_scale(x: Array, state: quant.RangeState) -> Array:
+        """The converter range: tracked once observed, else this batch's ``max|x|``."""
+        return jnp.where(state.count > 0, state.range, jax.lax.stop_gradient(jnp.max(jnp.abs(x))))
+
     def _convert(self, x: Array, state: quant.RangeState, bits: int) -> Array:
-        """Fake-quantize ``x`` with a DAC/ADC of ``bits`` over the tracked range."""
-        batch_range = jax.lax.stop_gradient(jnp.max(jnp.abs(x)))
-        full_scale = jnp.where(state.count > 0, state.range, batch_range)
+        """Fake-quantize ``x`` with a DAC/ADC of ``bits`` over its range."""
+        full_scale = self._full_scale(x, state)
         scale = jnp.maximum(full_scale, jnp.finfo(jnp.float32).tiny) / ((1 << (bits - 1)) - 1)
         return quant.fake_quant(x, quant.QuantParams(scale, jnp.int32(0), bits))
 
@@ -110,7 +114,7 @@ class PhotonicCore(nnx.Module):
             key = None
         elif key is None:
             key = self.rngs.noise()
-        full_scale = jnp.where(self.input_range.get_value().count > 0, self.input_range.get_value().range, jax.lax.stop_gradient(jnp.max(jnp.abs(x))))
+        full_scale = self._full_scale(x, self.input_range.get_value())
         y = hw.photonic_matmul(
             x_q, w, config, key, ring_detuning_nm=detuning, compensate=self.compensate, input_full_scale=full_scale
         )

@@ -108,11 +108,6 @@ impl MatmulShape {
         self.index_a.len()
     }
 
-    /// Multiply-adds of the whole batch.
-    pub fn multiply_adds(&self) -> u128 {
-        self.batch() as u128 * self.m as u128 * self.k as u128 * self.n as u128
-    }
-
     fn check(&self, a_len: usize, b_len: usize, c_len: usize) -> Result<(), KernelError> {
         if self.index_b.len() != self.batch() {
             return Err(KernelError::Shape("index_a and index_b differ in length".into()));

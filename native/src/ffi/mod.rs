@@ -38,13 +38,8 @@ impl<'a> Buffer<'a> {
     }
 
     /// Number of elements.
-    pub fn len(&self) -> Result<usize, KernelError> {
+    fn len(&self) -> Result<usize, KernelError> {
         checked_product(&self.shape()?, &self.what)
-    }
-
-    /// Whether the buffer holds no element.
-    pub fn is_empty(&self) -> Result<bool, KernelError> {
-        Ok(self.len()? == 0)
     }
 
     /// Whether both buffers are the same memory (XLA aliased a result to an

@@ -122,9 +122,70 @@ class PhotonicCore(nnx.Module):
             self.output_range.set_value(self.estimator.update(self.output_range.get_value(), y))
         return self._convert(y, self.output_range.get_value(), self.output_bits)
 
+    def pairwise(self, a: Array, b: Array) -> Array:
+        """``a·bᵀ`` over the last two axes, batched over the leading ones,
+        with both operands activations (each set through the DACs).
 
-class _QuantizedWeights(nnx.Module):
-    """A weight matrix ``(out, in)`` with per-output-channel LSQ scales."""
+        Args:
+          a: ``(..., m, k)``.
+          b: ``(..., n, k)``, with the same leading axes as ``a``.
+        """
+        if self.mode == "ideal":
+            return jnp.matmul(a, b.swapaxes(-1, -2))
+        lead = a.shape[:-2]
+        flat_a, flat_b = a.reshape((-1,) + a.shape[-2:]), b.reshape((-1,) + b.shape[-2:])
+        if self.mode == "noisy":
+            keys = jax.random.split(self.rngs.noise(), flat_a.shape[0])
+            y = jax.vmap(lambda a, b, key: self.product(a, b, key=key))(flat_a, flat_b, keys)
+        else:
+            y = jax.vmap(self.product)(flat_a, flat_b)
+        return y.reshape(lead + y.shape[-2:])
+
+
+def attention(
+    core: PhotonicCore, q: Array, k: Array, v: Array, *, scale: float, causal: bool = False, mask: Array | None = None
+) -> Array:
+    """``softmax(q·kᵀ·scale + mask)·v`` with both products on ``core``.
+
+    Args:
+      q: ``(..., T, d)`` queries; k: ``(..., S, d)`` keys; v: ``(..., S, d_v)``.
+      scale: logit scale, usually ``1/√d``.
+      causal: query ``t`` sees keys ``0..=t`` (torch's ``is_causal``). With
+        ``T = S`` and no mask this runs the fused native causal softmax.
+      mask: broadcastable to ``(..., T, S)``; boolean (True = visible) or
+        additive float.
+    """
+    scores = core.pairwise(q, k).astype(jnp.float32)
+    t, s = scores.shape[-2:]
+    if causal and mask is None and t == s:
+        probs = kernels.causal_softmax(scores, scale)
+    else:
+        logits = scores * scale
+        if causal:
+            logits = jnp.where(jnp.tril(jnp.ones((t, s), bool)), logits, -jnp.inf)
+        if mask is not None:
+            logits = jnp.where(mask, logits, -jnp.inf) if mask.dtype == jnp.bool_ else logits + mask
+        probs = jax.nn.softmax(logits, axis=-1)
+    return core.pairwise(probs.astype(v.dtype), v.swapaxes(-1, -2))
+
+
+def photonic_cores(model: nnx.Module) -> list[PhotonicCore]:
+    """Every :class:`PhotonicCore` in ``model``, each once."""
+    return [node for _, node in nnx.iter_graph(model) if isinstance(node, PhotonicCore)]
+
+
+def set_mode(model: nnx.Module, mode: Mode) -> nnx.Module:
+    """Switches every core of ``model`` to ``mode`` (in place); returns ``model``."""
+    mode = _check_mode(mode)
+    for core in photonic_cores(model):
+        core.mode = mode
+    return model
+
+
+class QuantizedWeights(nnx.Module):
+    """A layer whose weight matrix ``(out, in)`` sits in a ring bank, with
+    per-output-channel LSQ scales. Subclasses define ``weight_matrix()`` and
+    hold their ``core``."""
 
     def _init_scales(self, w: Array, bits: int) -> None:
         self.weight_bits = bits
@@ -144,14 +205,20 @@ class _QuantizedWeights(nnx.Module):
             x, w = jnp.take(x, index, axis=-1), jnp.take(w, index, axis=-1)
         return self.core.product(x, self.quantized(w), observe=observe)
 
-    def calibrate_weights(self, w: Array, hardware_state: dict, activations: Array | None = None) -> quant.QuantParams:
-        """Sets the scales to the adaptive (hardware-aware) choice."""
-        params = quant.WeightQuantizer(bits=self.weight_bits, hardware=self.core.hardware).calibrate(w, hardware_state, activations)
+    def weight_matrix(self) -> Array:
+        """The weights as the core holds them, ``(out, in)``."""
+        raise NotImplementedError
+
+    def calibrate(self, hardware_state: dict, activations: Array | None = None) -> quant.QuantParams:
+        """Sets the scales to the adaptive (hardware-aware) choice for the
+        hardware state (see :meth:`~lumijax.quant.WeightQuantizer.calibrate`)."""
+        quantizer = quant.WeightQuantizer(bits=self.weight_bits, hardware=self.core.hardware)
+        params = quantizer.calibrate(self.weight_matrix(), hardware_state, activations)
         self.weight_scale[...] = params.scale
         return params
 
 
-class OpticalLinear(_QuantizedWeights):
+class OpticalLinear(QuantizedWeights):
     """``y = x·W + b`` with the product on the photonic core.
 
     Parameters match ``nnx.Linear``: ``kernel`` ``(in, out)`` and ``bias``
@@ -185,11 +252,27 @@ class OpticalLinear(_QuantizedWeights):
         """The weights as the core holds them, ``(out, in)``."""
         return self.kernel[...].T
 
-    def calibrate(self, hardware_state: dict, activations: Array | None = None) -> quant.QuantParams:
-        return self.calibrate_weights(self.weight_matrix(), hardware_state, activations)
+
+class TiedOpticalLinear(QuantizedWeights):
+    """``y = x·Eᵀ`` with ``E`` ``(out, in)`` the table of an ``nnx.Embed``:
+    the output head of a language model whose weights are tied to its token
+    embedding. The table is shared, not copied."""
+
+    def __init__(self, embedding: nnx.Embed, *, weight_bits: int = 8, core: PhotonicCore | None = None, rngs: nnx.Rngs):
+        self.embedding = embedding
+        self.core = core or PhotonicCore(rngs=rngs)
+        self._init_scales(self.weight_matrix(), weight_bits)
+
+    def __call__(self, x: Array, *, observe: bool = False) -> Array:
+        if self.core.mode == "ideal":
+            return jnp.matmul(x, self.weight_matrix().T)
+        return self._on_core(x, self.weight_matrix(), observe)
+
+    def weight_matrix(self) -> Array:
+        return self.embedding.embedding[...]
 
 
-class OpticalConv(_QuantizedWeights):
+class OpticalConv(QuantizedWeights):
     """2-D convolution (NHWC) with the product on the photonic core.
 
     Each output pixel is a dot product over a ``(kh, kw, C_in)`` patch with
@@ -237,9 +320,6 @@ class OpticalConv(_QuantizedWeights):
     def weight_matrix(self) -> Array:
         """The weights as the core holds them, ``(out, kh·kw·C_in)``."""
         return self._matrix(self.conv.kernel[...])
-
-    def calibrate(self, hardware_state: dict, activations: Array | None = None) -> quant.QuantParams:
-        return self.calibrate_weights(self.weight_matrix(), hardware_state, activations)
 
 
 class ComplexOpticalLinear(nnx.Module):
@@ -321,16 +401,5 @@ class PhotonicAttention(nnx.Module):
         q = split(self.query(x, observe=observe))
         k = split(self.key(x, observe=observe))
         v = split(self.value(x, observe=observe))
-        scale = 1.0 / float(self.head_dim) ** 0.5
-        scores = self._pairwise(q, k)  # (b, h, T, T)
-        probs = kernels.causal_softmax(scores.astype(jnp.float32), scale)
-        mixed = self._pairwise(probs, v.swapaxes(-1, -2))  # (b, h, T, head_dim)
+        mixed = attention(self.core, q, k, v, scale=1.0 / float(self.head_dim) ** 0.5, causal=True)
         return self.out(mixed.transpose(0, 2, 1, 3).reshape(b, t, -1), observe=observe)
-
-    def _pairwise(self, a: Array, b: Array) -> Array:
-        """``a[i, j]·b[i, j]ᵀ`` on the core for every batch ``i`` and head ``j``."""
-        if self.core.mode == "ideal":
-            return jnp.matmul(a, b.swapaxes(-1, -2))
-        keys = jax.random.split(self.core.rngs.noise(), a.shape[:2]) if self.core.mode == "noisy" else jnp.zeros(a.shape[:2])
-        product = lambda a, b, key: self.core.product(a, b, key=key if self.core.mode == "noisy" else None)
-        return jax.vmap(jax.vmap(product))(a, b, keys)

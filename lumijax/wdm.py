@@ -56,7 +56,7 @@ def _planned_layers(model: nnx.Module) -> dict[str, nnx.Module]:
     return {
         ".".join(str(p) for p in path): node
         for path, node in nnx.iter_graph(model)
-        if isinstance(node, (layers.OpticalLinear, layers.OpticalConv))
+        if isinstance(node, layers.QuantizedWeights)
     }
 
 

@@ -1,0 +1,47 @@
+"""How a recipe makes its photonic layers: one hardware, one mode, one
+weight precision, and a core of its own for every layer (each op gets its
+own converter ranges and its own planned channel spacing)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from flax import nnx
+
+from lumijax import hardware as hw
+from lumijax import layers
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerFactory:
+    """Builds photonic layers on a common hardware model.
+
+    Attributes:
+      hardware: the hardware every core simulates.
+      mode: ``"ideal"``, ``"expected"`` or ``"noisy"``.
+      weight_bits: bits of the ring weights.
+    """
+
+    hardware: hw.HardwareConfig = dataclasses.field(default_factory=hw.HardwareConfig)
+    mode: layers.Mode = "ideal"
+    weight_bits: int = 8
+
+    def core(self, rngs: nnx.Rngs) -> layers.PhotonicCore:
+        return layers.PhotonicCore(self.hardware, mode=self.mode, rngs=rngs)
+
+    def linear(self, in_features: int, out_features: int, *, use_bias: bool = True, rngs: nnx.Rngs) -> layers.OpticalLinear:
+        return layers.OpticalLinear(
+            in_features, out_features, use_bias=use_bias, weight_bits=self.weight_bits, core=self.core(rngs), rngs=rngs
+        )
+
+    def conv(
+        self, in_features: int, out_features: int, kernel_size: int, stride: int, padding: int, *, use_bias: bool, rngs: nnx.Rngs
+    ) -> layers.OpticalConv:
+        """A torch-style convolution: symmetric explicit zero padding."""
+        return layers.OpticalConv(
+            in_features, out_features, kernel_size, stride, padding=((padding, padding), (padding, padding)),
+            use_bias=use_bias, weight_bits=self.weight_bits, core=self.core(rngs), rngs=rngs,
+        )
+
+    def tied_head(self, embedding: nnx.Embed, rngs: nnx.Rngs) -> layers.TiedOpticalLinear:
+        return layers.TiedOpticalLinear(embedding, weight_bits=self.weight_bits, core=self.core(rngs), rngs=rngs)

@@ -190,8 +190,15 @@ class QuantizedWeights(nnx.Module):
     def _init_scales(self, w: Array, bits: int) -> None:
         self.weight_bits = bits
         self.slot_order: tuple[int, ...] | None = None  # inputs in WDM slot order
-        params = quant.WeightQuantizer(bits=bits, method="minmax").calibrate(w, {"snr_db": 100.0})
-        self.weight_scale = nnx.Param(params.scale)
+        self.weight_scale = nnx.Param(self._minmax_scale(w))
+
+    def _minmax_scale(self, w: Array) -> Array:
+        return quant.WeightQuantizer(bits=self.weight_bits, method="minmax").calibrate(w, {"snr_db": 100.0}).scale
+
+    def reset_scales(self) -> None:
+        """Sets the scales to the min-max choice for the current weights
+        (after new weights are loaded)."""
+        self.weight_scale[...] = self._minmax_scale(self.weight_matrix())
 
     def quantized(self, w: Array) -> Array:
         return quant.lsq_quant(w, self.weight_scale[...], self.weight_bits)

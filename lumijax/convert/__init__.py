@@ -12,14 +12,16 @@ Two ways in:
 conversion happens once.
 """
 
+from lumijax.convert.capture import capture, from_torch
 from lumijax.convert.checkpoint import CheckpointError, load_state_dict, read_checkpoint, state_dict_arrays
 from lumijax.convert.factory import LayerFactory
 from lumijax.convert.gpt import GPT, GPTConfig
+from lumijax.convert.program import ConversionError, ProgramSpec, TorchProgram
 from lumijax.convert.recipes import ARCHS, build, from_torch_recipe, load_checkpoint, recipe, recipe_config
 from lumijax.convert.resnet import ResNet, ResNetConfig
 
 __all__ = [
     "ARCHS", "GPT", "GPTConfig", "ResNet", "ResNetConfig", "LayerFactory", "CheckpointError",
     "build", "recipe", "recipe_config", "from_torch_recipe", "load_checkpoint", "load_state_dict",
-    "read_checkpoint", "state_dict_arrays",
+    "read_checkpoint", "state_dict_arrays", "from_torch", "capture", "ConversionError", "ProgramSpec", "TorchProgram",
 ]

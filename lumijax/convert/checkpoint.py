@@ -21,6 +21,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from flax import nnx
 
+from lumijax import layers
+
 Layout = Literal["same", "transpose", "conv"]
 _WRAPPERS = ("model", "state_dict", "model_state_dict")
 _PREFIXES = ("_orig_mod.", "module.")
@@ -60,6 +62,14 @@ class Slot:
         if self.layout == "conv":
             return array.transpose(2, 3, 1, 0)
         return array
+
+    def to_torch(self, value: Any) -> Any:
+        """The variable's value (numpy or jax) in torch's layout."""
+        if self.layout == "transpose":
+            return value.T
+        if self.layout == "conv":
+            return value.transpose(3, 2, 0, 1)
+        return value
 
     def assign(self, array: np.ndarray) -> None:
         self.variable[...] = np.ascontiguousarray(self.from_torch(array)).astype(self.variable[...].dtype)
@@ -173,3 +183,6 @@ def load_state_dict(model: Recipe, state: Mapping[str, np.ndarray]) -> None:
         raise CheckpointError(f"the checkpoint does not fit {type(model).__name__} ({len(problems)} problems):\n  " + "\n  ".join(problems))
     for key, slot in slots.items():
         slot.assign(state[key])
+    for _, node in nnx.iter_graph(model):
+        if isinstance(node, layers.QuantizedWeights):
+            node.reset_scales()

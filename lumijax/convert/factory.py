@@ -5,6 +5,7 @@ own converter ranges and its own planned channel spacing)."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 from flax import nnx
 
@@ -35,11 +36,22 @@ class LayerFactory:
         )
 
     def conv(
-        self, in_features: int, out_features: int, kernel_size: int, stride: int, padding: int, *, use_bias: bool, rngs: nnx.Rngs
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int],
+        padding: int | Sequence[int],
+        *,
+        use_bias: bool,
+        rngs: nnx.Rngs,
     ) -> layers.OpticalConv:
-        """A torch-style convolution: symmetric explicit zero padding."""
+        """A torch-style NHWC convolution: explicit symmetric zero padding of
+        ``padding`` pixels (one for both axes, or ``(rows, columns)``)."""
+        ph, pw = (padding, padding) if isinstance(padding, int) else padding
         return layers.OpticalConv(
-            in_features, out_features, kernel_size, stride, padding=((padding, padding), (padding, padding)),
+            in_features, out_features, tuple(kernel_size) if not isinstance(kernel_size, int) else kernel_size,
+            tuple(stride) if not isinstance(stride, int) else stride, padding=((ph, ph), (pw, pw)),
             use_bias=use_bias, weight_bits=self.weight_bits, core=self.core(rngs), rngs=rngs,
         )
 

@@ -1,0 +1,352 @@
+"""``torch.export`` capture: a torch module → a :class:`ProgramSpec` and its
+weights. The only part of the generic path that needs torch."""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from flax import nnx
+
+from lumijax import hardware as hw
+from lumijax import layers
+from lumijax.convert import aten
+from lumijax.convert.checkpoint import load_state_dict, state_dict_arrays
+from lumijax.convert.factory import LayerFactory
+from lumijax.convert.program import (
+    ACTIVATION_PRODUCTS, ATTENTION, CONV, TRANSPOSES, WEIGHT_PRODUCTS, ConversionError, Namespace, ProgramSpec, TorchProgram,
+)
+
+_WEIGHT_ARGUMENT = {"aten.linear.default": "weight", "aten.addmm.default": "mat2", "aten.mm.default": "mat2", "aten.matmul.default": "other"}
+_INPUT_ARGUMENT = {"aten.linear.default": "input", "aten.addmm.default": "mat1", "aten.mm.default": "self", "aten.matmul.default": "self"}
+
+
+def _op_name(node) -> str:
+    return "getitem" if node.target is operator.getitem else str(node.target)
+
+
+def _where(node) -> str:
+    """``node``'s place in the torch module, for messages and names."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "<top level>"
+    path, kind = list(stack.values())[-1]
+    kind = kind if isinstance(kind, str) else getattr(kind, "__qualname__", str(kind))
+    return f"{path or '<root>'} ({kind.rsplit('.', 1)[-1]})"
+
+
+def _module_path(node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    return list(stack.values())[-1][0] if stack else ""
+
+
+def _bind(node) -> dict[str, Any]:
+    """The node's arguments by schema name, defaults filled in."""
+    if node.target is operator.getitem:
+        return {"self": node.args[0], "index": node.args[1]}
+    bound = {}
+    for i, argument in enumerate(node.target._schema.arguments):
+        if i < len(node.args) and not argument.kwarg_only:
+            bound[argument.name] = node.args[i]
+        elif argument.name in node.kwargs:
+            bound[argument.name] = node.kwargs[argument.name]
+        elif argument.has_default_value():
+            bound[argument.name] = argument.default_value
+        else:
+            bound[argument.name] = None
+    return bound
+
+
+class _Builder:
+    def __init__(self, ep, flat_inputs: Sequence[Any]):
+        import torch
+
+        self.torch = torch
+        self.ep = ep
+        self.placeholders: dict[str, str] = {}
+        self.kinds: dict[str, str] = {}
+        self.values: dict[str, np.ndarray] = {}
+        self.baked: dict[str, Any] = {}
+        self.inputs: list = []
+        self.modules: dict[str, dict] = {}
+        self.tensors: dict[str, dict] = {}
+        self.units: dict[str, str] = {}
+        self.owner: dict[str, tuple[str, str]] = {}  # torch weight → (layer path, layout)
+        self.steps: list = []
+        self.unsupported: list[str] = []
+        self._read_signature(flat_inputs)
+
+    def _read_signature(self, flat_inputs: Sequence[Any]) -> None:
+        torch, ep = self.torch, self.ep
+        users = iter(flat_inputs)
+        nodes = {n.name: n for n in ep.graph.nodes if n.op == "placeholder"}
+        for spec in ep.graph_signature.input_specs:
+            name, kind = spec.arg.name, spec.kind.name
+            if kind in ("PARAMETER", "BUFFER", "CONSTANT_TENSOR"):
+                value = ep.state_dict.get(spec.target) if spec.target in ep.state_dict else ep.constants[spec.target]
+                self.placeholders[name] = spec.target
+                self.kinds[spec.target] = "param" if kind == "PARAMETER" else "buffer"
+                self.values[spec.target] = value
+            elif kind == "USER_INPUT":
+                example = next(users)
+                if isinstance(example, torch.Tensor):
+                    val = nodes[name].meta["val"]
+                    self.inputs.append([name, [int(d) for d in val.shape], str(val.dtype).removeprefix("torch.")])
+                else:
+                    self.baked[name] = example
+            else:
+                raise ConversionError(f"the exported program takes a {kind} input ({spec.target}), which the converter does not map")
+
+    # -- naming -------------------------------------------------------------
+
+    def _free(self, path: str) -> bool:
+        """A module path no layer, namespace clash or nnx attribute blocks."""
+        parts = path.split(".")
+        prefixes = {".".join(parts[: i + 1]) for i in range(len(parts))}
+        taken = set(self.modules) | {t["path"] + "." + t["attr"] for t in self.tensors.values() if t["kind"] != "layer"}
+        return (
+            all((p.isidentifier() or p.isdigit()) and not hasattr(Namespace, p) for p in parts)
+            and not (prefixes & taken)
+            and not any(m.startswith(path + ".") for m in taken)
+        )
+
+    def _module_home(self, preferred: str, fallback: str) -> str:
+        path = preferred if self._free(preferred) else fallback.replace(".", "_")
+        while not self._free(path):
+            path += "_"
+        return path
+
+    # -- units --------------------------------------------------------------
+
+    def _param(self, node, ndim: int) -> tuple[str, bool] | None:
+        """(torch name, transposed) if ``node`` is a parameter of ``ndim``
+        dimensions or the transpose of a 2-D one."""
+        torch = self.torch
+        if not isinstance(node, torch.fx.Node):
+            return None
+        if node.op == "placeholder" and node.name in self.placeholders:
+            name = self.placeholders[node.name]
+            if self.kinds[name] == "param" and self.values[name].ndim == ndim:
+                return name, False
+        if node.op == "call_function" and str(node.target) in TRANSPOSES and ndim == 2:
+            bound = _bind(node)
+            swap = str(node.target) == "aten.t.default" or sorted([bound.get("dim0", 0) % 2, bound.get("dim1", 1) % 2]) == [0, 1]
+            if str(node.target) == "aten.permute.default":
+                swap = [d % 2 for d in bound["dims"]] == [1, 0]
+            inner = self._param(bound["self"], 2)
+            if swap and inner and not inner[1]:
+                return inner[0], True
+        return None
+
+    def _layer_tensor(self, torch_name: str, path: str, attr: str, layout: str) -> None:
+        self.tensors[torch_name] = {"kind": "layer", "path": path, "attr": attr, "layout": layout,
+                                    "shape": list(self.values[torch_name].shape), "dtype": str(self.values[torch_name].dtype).removeprefix("torch.")}
+
+    def _linear_unit(self, node, op: str, bound: dict) -> str | None:
+        weight = self._param(bound[_WEIGHT_ARGUMENT[op]], 2)
+        if weight is None:
+            return None
+        name, transposed = weight
+        layout = "transpose" if (op == "aten.linear.default") != transposed else "same"
+        if name in self.owner:
+            path, owned_layout = self.owner[name]
+            return path if owned_layout == layout and not self._wants_bias(op, bound) else None
+        shape = self.values[name].shape
+        fan_in, fan_out = shape[::-1] if layout == "transpose" else shape
+        bias = self._bias(op, bound)
+        path = self._module_home(name.removesuffix(".weight"), name)
+        self.modules[path] = {"kind": "linear", "in": int(fan_in), "out": int(fan_out), "bias": bias is not None}
+        self._layer_tensor(name, path, "kernel", layout)
+        if bias is not None:
+            self._layer_tensor(bias, path, "bias", "same")
+        self.owner[name] = (path, layout)
+        return path
+
+    def _wants_bias(self, op: str, bound: dict) -> bool:
+        return self._bias(op, bound) is not None or (op == "aten.linear.default" and bound["bias"] is not None)
+
+    def _bias(self, op: str, bound: dict) -> str | None:
+        if op == "aten.linear.default":
+            arg = bound["bias"]
+        elif op == "aten.addmm.default" and bound["beta"] == 1 and bound["alpha"] == 1:
+            arg = bound["self"]
+        else:
+            return None
+        bias = self._param(arg, 1)
+        if bias is None and op == "aten.linear.default" and arg is not None:
+            raise ConversionError("linear with a computed bias")
+        return bias[0] if bias and bias[0] not in self.tensors else None
+
+    def _conv_unit(self, bound: dict) -> str:
+        weight = self._param(bound["weight"], 4)
+        if weight is None:
+            raise ConversionError("conv2d whose weight is not a parameter")
+        if bound["groups"] != 1 or list(bound["dilation"]) != [1, 1]:
+            raise ConversionError(f"conv2d with groups={bound['groups']}, dilation={list(bound['dilation'])} (only groups=1, dilation=1 map to the core)")
+        name = weight[0]
+        if name in self.owner:
+            raise ConversionError(f"conv2d weight {name} used by two convolutions")
+        out_channels, in_channels, kh, kw = self.values[name].shape
+        bias = self._param(bound["bias"], 1) if bound["bias"] is not None else None
+        if bound["bias"] is not None and bias is None:
+            raise ConversionError("conv2d with a computed bias")
+        path = self._module_home(name.removesuffix(".weight"), name)
+        pad = [int(p) for p in bound["padding"]]
+        self.modules[path] = {"kind": "conv", "in": int(in_channels), "out": int(out_channels), "kernel": [int(kh), int(kw)],
+                              "stride": [int(s) for s in bound["stride"]], "padding": pad * (2 // len(pad)), "bias": bias is not None}
+        self._layer_tensor(name, path, "conv.kernel", "conv")
+        if bias is not None:
+            self._layer_tensor(bias[0], path, "conv.bias", "same")
+        self.owner[name] = (path, "conv")
+        return path
+
+    def _core_unit(self, node) -> str:
+        where = _module_path(node)
+        path = self._module_home(f"{where}.{node.name}" if where else node.name, node.name)
+        self.modules[path] = {"kind": "core"}
+        return path
+
+    def _unit(self, node, op: str, bound: dict) -> str | None:
+        if op == CONV:
+            return self._conv_unit(bound)
+        if op == ATTENTION:
+            if bound["dropout_p"] or bound["enable_gqa"]:
+                raise ConversionError("scaled_dot_product_attention with dropout or grouped-query attention")
+            return self._core_unit(node)
+        if op in WEIGHT_PRODUCTS and (path := self._linear_unit(node, op, bound)):
+            return path
+        if op in ACTIVATION_PRODUCTS:
+            return self._core_unit(node)
+        if op in WEIGHT_PRODUCTS:
+            raise ConversionError(f"{op.split('.')[1]} whose weight is computed and carries a bias")
+        return None
+
+    # -- graph --------------------------------------------------------------
+
+    def _plain(self, value: Any) -> Any:
+        torch = self.torch
+        if isinstance(value, torch.fx.Node):
+            return self.baked[value.name] if value.name in self.baked else {"ref": value.name}
+        if isinstance(value, torch.dtype):
+            return {"dtype": str(value).removeprefix("torch.")}
+        if isinstance(value, (torch.device, torch.layout, torch.memory_format)):
+            return None
+        if isinstance(value, (list, tuple)):
+            return [self._plain(v) for v in value]
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, (torch.SymInt, torch.SymFloat, torch.SymBool)):
+            raise ConversionError("symbolic (dynamic) shapes; export with static shapes")
+        raise ConversionError(f"an argument of type {type(value).__name__}")
+
+    def build(self) -> ProgramSpec:
+        for node in self.ep.graph.nodes:
+            if node.op != "call_function":
+                continue
+            op = _op_name(node)
+            try:
+                bound = _bind(node)
+                unit = self._unit(node, op, bound)
+                if unit is None and aten.functional(op) not in aten.OPS:
+                    raise ConversionError("no mapping for this op")
+                self.steps.append([node.name, op, {k: self._plain(v) for k, v in bound.items()}])
+                if unit is not None:
+                    self.units[node.name] = unit
+            except ConversionError as err:
+                self.unsupported.append(f"{op} at node {node.name!r} in {_where(node)}: {err}")
+        if self.unsupported:
+            raise ConversionError("cannot map to the photonic model:\n  " + "\n  ".join(self.unsupported))
+        self._place_free_tensors()
+        return ProgramSpec(self.inputs, self.steps, self._outputs(), self.modules, self.tensors,
+                           {n: t for n, t in self.placeholders.items() if t in self.tensors}, self.units)
+
+    def _place_free_tensors(self) -> None:
+        used = {v["ref"] for _, _, args in self.steps for v in _refs(args)}
+        for node_name, torch_name in self.placeholders.items():
+            if node_name not in used or torch_name in self.tensors:
+                continue
+            path, _, attr = torch_name.rpartition(".")
+            if not (self._free(torch_name) and (not path or self._free(path) or _is_namespace(path, self))):
+                path, attr = "", self._module_home(torch_name.replace(".", "_"), torch_name)
+            value = self.values[torch_name]
+            self.tensors[torch_name] = {"kind": self.kinds[torch_name], "path": path, "attr": attr, "layout": "same",
+                                        "shape": list(value.shape), "dtype": str(value.dtype).removeprefix("torch.")}
+
+    def _outputs(self) -> Any:
+        output = next(n for n in self.ep.graph.nodes if n.op == "output")
+        flat = list(output.args[0]) if isinstance(output.args[0], (list, tuple)) else [output.args[0]]
+        specs = self.ep.graph_signature.output_specs
+        kinds = {s.kind.name for s in specs} - {"USER_OUTPUT"}
+        if kinds:
+            raise ConversionError(f"the module writes state during the forward pass ({', '.join(sorted(kinds))}); convert it in eval mode")
+        outs = [self._plain(v) for v in flat]
+        return outs[0] if len(outs) == 1 else outs
+
+
+def _refs(value: Any):
+    if isinstance(value, dict) and "ref" in value:
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _refs(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _refs(v)
+
+
+def _is_namespace(path: str, builder: _Builder) -> bool:
+    """``path`` is only a namespace so far (another free tensor's parent)."""
+    return not any(path == m or path.startswith(m + ".") for m in builder.modules)
+
+
+def capture(module: Any, example_inputs: Sequence[Any], example_kwargs: Mapping[str, Any] | None = None) -> tuple[ProgramSpec, dict[str, np.ndarray]]:
+    """Exports ``module`` (in eval mode) and returns its spec and weights."""
+    import torch
+    from torch.utils._pytree import tree_flatten
+
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"from_torch converts a torch.nn.Module, got {type(module).__name__}")
+    args = tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
+    kwargs = dict(example_kwargs or {})
+    module.eval()
+    with torch.no_grad():
+        ep = torch.export.export(module, args, kwargs=kwargs)
+    builder = _Builder(ep, tree_flatten((args, kwargs))[0])
+    spec = builder.build()
+    return spec, state_dict_arrays({name: builder.values[name] for name in spec.tensors})
+
+
+def from_torch(
+    module: Any,
+    example_inputs: Sequence[Any] | Any,
+    hardware: hw.HardwareConfig | None = None,
+    mode: layers.Mode = "ideal",
+    *,
+    weight_bits: int = 8,
+    example_kwargs: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> TorchProgram:
+    """Converts any torch module through ``torch.export``.
+
+    Args:
+      module: the torch module (put in eval mode).
+      example_inputs: the positional inputs to trace with (a tensor or a
+        tuple); the program keeps their shapes.
+      hardware, mode, weight_bits: the photonic layers' hardware model, mode
+        and weight precision.
+      example_kwargs: keyword inputs; non-tensor ones (``use_cache=False``)
+        are baked into the program.
+
+    Returns:
+      A :class:`TorchProgram` taking the tensor inputs in order.
+
+    Raises:
+      ConversionError: naming every op it cannot map, with its node and
+        the module it sits in.
+    """
+    spec, weights = capture(module, example_inputs, example_kwargs)
+    program = TorchProgram(spec, LayerFactory(hardware or hw.HardwareConfig(), mode, weight_bits), rngs=nnx.Rngs(params=seed, noise=seed + 1))
+    load_state_dict(program, weights)
+    return program

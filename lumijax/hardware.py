@@ -145,6 +145,11 @@ class HardwareConfig:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
+    def to_dict(self) -> dict:
+        """The fields as plain Python numbers (for msgpack and JSON)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {k: (v if isinstance(v, int) else float(v)) for k, v in fields.items()}
+
 
 _STATIC_FIELDS = tuple(_INT_RANGES)
 _LEAF_FIELDS = tuple(

@@ -114,9 +114,7 @@ class WDMMap:
 
     def to_dict(self) -> dict:
         """Plain types only (for msgpack and JSON)."""
-        config = {f.name: getattr(self.hardware, f.name) for f in dataclasses.fields(self.hardware)}
-        return {"hardware": {k: (float(v) if isinstance(v, float) else v) for k, v in config.items()},
-                "ops": [dataclasses.asdict(op) for op in self.ops]}
+        return {"hardware": self.hardware.to_dict(), "ops": [dataclasses.asdict(op) for op in self.ops]}
 
     @classmethod
     def from_dict(cls, data: dict) -> WDMMap:

@@ -19,9 +19,12 @@ from lumijax.convert.gpt import GPT, GPTConfig
 from lumijax.convert.program import ConversionError, ProgramSpec, TorchProgram
 from lumijax.convert.recipes import ARCHS, build, from_torch_recipe, load_checkpoint, recipe, recipe_config
 from lumijax.convert.resnet import ResNet, ResNetConfig
+from lumijax.convert.serialize import ModelFileError, load, save
+from lumijax.convert.summary import ConversionSummary, summarize
 
 __all__ = [
     "ARCHS", "GPT", "GPTConfig", "ResNet", "ResNetConfig", "LayerFactory", "CheckpointError",
     "build", "recipe", "recipe_config", "from_torch_recipe", "load_checkpoint", "load_state_dict",
     "read_checkpoint", "state_dict_arrays", "from_torch", "capture", "ConversionError", "ProgramSpec", "TorchProgram",
+    "save", "load", "ModelFileError", "summarize", "ConversionSummary",
 ]

@@ -137,10 +137,11 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as err:
-            first = str(err).strip().splitlines()[0]
+            found = re.search(r"GLOBAL ([\w.]+)", str(err))
+            reason = f" (it pickles a {found.group(1)})" if found else ""
             raise CheckpointError(
-                f"{path}: refused, not a weights-only checkpoint. Its pickle would construct arbitrary Python objects, "
-                f"which lumijax never loads; save model.state_dict() instead. (torch.load(weights_only=True): {first})"
+                f"{path}: refused, not a weights-only checkpoint{reason}. Its pickle would construct arbitrary Python "
+                "objects, which lumijax never loads; save model.state_dict() instead."
             ) from None
         except (RuntimeError, EOFError, OSError) as err:
             raise CheckpointError(f"{path}: not a readable torch checkpoint ({err})") from None

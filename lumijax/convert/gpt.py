@@ -196,6 +196,10 @@ class GPT(nnx.Module):
             raise ValueError(f"sequence length {idx.shape[1]} exceeds block_size = {self.config.block_size}")
         return self.lm_head(self.transformer(idx, observe=observe), observe=observe)
 
+    def example_inputs(self, batch: int = 1, length: int | None = None) -> tuple[Array]:
+        """Token ids ``(batch, length)`` (default: the block size, at most 64)."""
+        return (jnp.zeros((batch, length or min(self.config.block_size, 64)), jnp.int32),)
+
     def torch_slots(self) -> dict[str, Slot]:
         weight: Any = "same" if self.config.layout == "conv1d" else "transpose"
         t = self.transformer

@@ -149,6 +149,10 @@ class TorchProgram(nnx.Module):
     def recipe_config(self) -> dict:
         return self.spec.to_dict()
 
+    def example_inputs(self) -> tuple[Array, ...]:
+        """Zeros of the exported inputs' shapes and dtypes."""
+        return tuple(jnp.zeros(shape, aten.dtype_of(dtype)) for _, shape, dtype in self.spec.inputs)
+
     def torch_slots(self) -> dict[str, Slot]:
         return {name: self._slot(name) for name in self.spec.tensors}
 

@@ -206,6 +206,10 @@ class ResNet(nnx.Module):
                 x = block(x, observe=observe)
         return self.fc(jnp.mean(x, axis=(1, 2)), observe=observe)
 
+    def example_inputs(self, batch: int = 1, size: int = 64) -> tuple[Array]:
+        """Images ``(batch, in_channels, size, size)``."""
+        return (jnp.zeros((batch, self.config.in_channels, size, size), jnp.float32),)
+
     def torch_slots(self) -> dict[str, Slot]:
         slots: dict[str, Slot] = {}
 

@@ -362,6 +362,7 @@ OPS: dict[str, Callable] = {
     "aten.mean.dim": _reduction(jnp.mean),
     "aten.mean.default": lambda self, dtype=None: jnp.mean(_cast(self, dtype)),
     "aten.sum.dim_IntList": _reduction(jnp.sum),
+    "aten.sum.default": lambda self, dtype=None: jnp.sum(_cast(self, dtype)),
     "aten.amax.default": lambda self, dim=(), keepdim=False: jnp.max(self, axis=_dims(dim, self.ndim), keepdims=keepdim),
     "aten.cumsum.default": _cumsum,
     "aten.diff.default": _diff,

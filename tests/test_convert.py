@@ -319,3 +319,85 @@ def test_cli_convert(tmp_path, capsys):
     assert "does not fit ResNet" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["convert", str(tmp_path / "r.pt"), "--arch", "alexnet", "--out", str(out)])
+
+
+# -- the pitfalls of known ports, op by op --------------------------------------
+
+
+def aten_op(name: str):
+    from lumijax.convert import aten
+
+    return aten.OPS[name]
+
+
+def test_layer_norm_epsilon_and_variance():
+    """A tiny variance makes ε visible: torch's 1e-5 (not Flax's 1e-6) and
+    the two-pass variance."""
+    rng = np.random.default_rng(0)
+    x = (1.0 + 3e-3 * rng.normal(size=(4, 16))).astype(np.float32)
+    w, b = rng.normal(size=16).astype(np.float32), rng.normal(size=16).astype(np.float32)
+    reference = torch.nn.functional.layer_norm(torch.from_numpy(x), (16,), torch.from_numpy(w), torch.from_numpy(b)).numpy()
+    ours = aten_op("aten.layer_norm.default")(jnp.asarray(x), [16], jnp.asarray(w), jnp.asarray(b), 1e-5)
+    assert relative_error(ours, reference) <= PARITY
+    recipe = convert.recipe("gpt2", vocab_size=8, n_positions=4, n_embd=16, n_layer=1, n_head=2).transformer.ln_f
+    recipe.scale[...], recipe.bias[...] = w, b
+    assert relative_error(recipe(jnp.asarray(x)), reference) <= PARITY
+
+
+def test_pooling_pads_like_torch():
+    """Max pooling pads with −∞ (visible on negative inputs), average
+    pooling counts or skips the padding as asked."""
+    from lumijax.convert.resnet import max_pool_3x3_s2
+
+    x = -1.0 - np.abs(np.random.default_rng(1).normal(size=(2, 3, 7, 7))).astype(np.float32)
+    t = torch.from_numpy(x)
+    reference = torch.nn.functional.max_pool2d(t, 3, 2, 1).numpy()
+    np.testing.assert_array_equal(aten_op("aten.max_pool2d.default")(jnp.asarray(x), [3, 3], [2, 2], [1, 1]), reference)
+    np.testing.assert_array_equal(np.transpose(max_pool_3x3_s2(jnp.asarray(x).transpose(0, 2, 3, 1)), (0, 3, 1, 2)), reference)
+    for include in (True, False):
+        reference = torch.nn.functional.avg_pool2d(t, 3, 2, 1, count_include_pad=include).numpy()
+        ours = aten_op("aten.avg_pool2d.default")(jnp.asarray(x), [3, 3], [2, 2], [1, 1], False, include)
+        assert relative_error(ours, reference) <= PARITY
+
+
+def test_symmetric_conv_padding_on_even_inputs():
+    """torch pads (1, 1) for a 3×3 stride-2 conv where Flax 'SAME' pads (0, 1)."""
+    conv = torch.nn.Conv2d(3, 5, 3, stride=2, padding=1, bias=True)
+    x = torch.randn(1, 3, 8, 8)
+    program = convert.from_torch(conv, (x,))
+    assert relative_error(program(x.numpy()), conv(x).detach().numpy()) <= PARITY
+
+
+def test_batch_norm_training_follows_torch():
+    """In training mode the recipe normalises with the batch statistics and
+    moves the running mean with torch's momentum 0.1 (Flax's 0.9); the
+    running variance follows with the biased batch variance, torch's with
+    the unbiased one (a factor n/(n−1))."""
+    module = resnet("resnet18", seed=7)
+    x = images(4, 8)
+    prior = module.bn1.running_var.clone().numpy()
+    model = convert.from_torch_recipe(module)
+    model.train()
+    ours = np.asarray(model(x.numpy()))
+    module.train()
+    reference = module(x).detach().numpy()
+    assert relative_error(ours, reference) <= PARITY
+    np.testing.assert_allclose(np.asarray(model.bn1.mean[...]), module.bn1.running_mean.numpy(), rtol=1e-4, atol=1e-6)
+    n = x.shape[0] * 4 * 4  # the stem (7×7, stride 2, padding 3) maps 8×8 to 4×4
+    batch_var_ours = (np.asarray(model.bn1.var[...]) - 0.9 * prior) / 0.1
+    batch_var_torch = (module.bn1.running_var.numpy() - 0.9 * prior) / 0.1
+    np.testing.assert_allclose(batch_var_ours * n / (n - 1), batch_var_torch, rtol=1e-3)
+
+
+def test_causal_mask_buffers_are_ignored(tmp_path):
+    """Older GPT-2 state dicts carry the causal mask as buffers; the recipe
+    rebuilds the mask and skips them."""
+    config = GPT2_CONFIGS[0]
+    module, ids = gpt2(config), tokens(config["vocab_size"], 1, 6)
+    state = dict(module.state_dict())
+    for i in range(config["n_layer"]):
+        state[f"transformer.h.{i}.attn.bias"] = torch.tril(torch.ones(16, 16)).view(1, 1, 16, 16)
+        state[f"transformer.h.{i}.attn.masked_bias"] = torch.tensor(-1e4)
+    torch.save(state, tmp_path / "old.pt")
+    model = convert.load_checkpoint(tmp_path / "old.pt", "gpt2", **config)
+    assert relative_error(model(ids.numpy()), logits_of(module, ids)) <= PARITY

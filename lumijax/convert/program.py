@@ -55,9 +55,10 @@ class Namespace(nnx.Module):
     """A node of the module tree that only holds children."""
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class ProgramSpec:
-    """An exported graph as plain data (msgpack and JSON friendly).
+    """An exported graph as plain data (msgpack and JSON friendly). Compared
+    and hashed by identity, so that it can sit in an NNX graph definition.
 
     Attributes:
       inputs: ``[name, shape, dtype]`` of the tensor inputs, in call order.

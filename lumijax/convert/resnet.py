@@ -7,7 +7,8 @@ convolution) with the module tree and parameter names of
 The model takes NCHW images like torch and computes in NHWC inside.
 Convolutions pad explicitly and symmetrically as torch does, max pooling pads
 with −∞, and BatchNorm runs on its running statistics (ε = 1e-5) until put
-in training mode (``model.train()``), with torch's momentum 0.1 (Flax 0.9).
+in training mode (``model.train()``), with torch's momentum 0.1 (Flax 0.9) and
+the two-pass variance.
 A small-image stem (``stem_kernel=3, stem_stride=1, stem_pool=False``) covers
 the common CIFAR-style variant of the same torchvision class.
 """
@@ -106,7 +107,7 @@ class ResNetConfig:
 
 
 def _batch_norm(features: int, rngs: nnx.Rngs) -> nnx.BatchNorm:
-    return nnx.BatchNorm(features, use_running_average=True, momentum=0.9, epsilon=1e-5, rngs=rngs)
+    return nnx.BatchNorm(features, use_running_average=True, momentum=0.9, epsilon=1e-5, use_fast_variance=False, rngs=rngs)
 
 
 class BasicBlock(nnx.Module):

@@ -401,3 +401,14 @@ def test_causal_mask_buffers_are_ignored(tmp_path):
     torch.save(state, tmp_path / "old.pt")
     model = convert.load_checkpoint(tmp_path / "old.pt", "gpt2", **config)
     assert relative_error(model(ids.numpy()), logits_of(module, ids)) <= PARITY
+
+
+def test_in_place_writes_through_views_are_refused():
+    class Clamp(torch.nn.Module):
+        def forward(self, x):
+            x = x * 2
+            x[:, 0].relu_()  # writes into x through a view
+            return x
+
+    with pytest.raises(convert.ConversionError, match="in-place write through a view"):
+        convert.from_torch(Clamp(), (torch.randn(3, 4),))

@@ -19,6 +19,12 @@ from lumijax.convert.program import (
     ACTIVATION_PRODUCTS, ATTENTION, CONV, TRANSPOSES, WEIGHT_PRODUCTS, ConversionError, Namespace, ProgramSpec, TorchProgram,
 )
 
+_VIEWS = {
+    "aten.view.default", "aten.reshape.default", "aten._unsafe_view.default", "aten.unsqueeze.default", "aten.squeeze.dim",
+    "aten.squeeze.dims", "aten.squeeze.default", "aten.flatten.using_ints", "aten.permute.default", "aten.transpose.int",
+    "aten.t.default", "aten.expand.default", "aten.slice.Tensor", "aten.select.int", "aten.split.Tensor",
+    "aten.split_with_sizes.default", "aten.chunk.default", "aten.alias.default", "aten.detach.default", "getitem",
+}
 _WEIGHT_ARGUMENT = {"aten.linear.default": "weight", "aten.addmm.default": "mat2", "aten.mm.default": "mat2", "aten.matmul.default": "other"}
 _INPUT_ARGUMENT = {"aten.linear.default": "input", "aten.addmm.default": "mat1", "aten.mm.default": "self", "aten.matmul.default": "self"}
 
@@ -76,6 +82,7 @@ class _Builder:
         self.owner: dict[str, tuple[str, str]] = {}  # torch weight → (layer path, layout)
         self.steps: list = []
         self.unsupported: list[str] = []
+        self.order = {n: i for i, n in enumerate(ep.graph.nodes)}
         self._read_signature(flat_inputs)
 
     def _read_signature(self, flat_inputs: Sequence[Any]) -> None:
@@ -225,6 +232,15 @@ class _Builder:
 
     # -- graph --------------------------------------------------------------
 
+    def _check_in_place(self, node) -> None:
+        """An in-place op is replayed functionally, rebinding its operand;
+        that is exact unless the operand is or has a view."""
+        target = node.args[0]
+        if target.op == "call_function" and _op_name(target) in _VIEWS:
+            raise ConversionError("an in-place write through a view")
+        if any(_op_name(u) in _VIEWS and self.order[u] < self.order[node] for u in target.users if u.op == "call_function"):
+            raise ConversionError(f"an in-place write to {target.name!r}, which has views")
+
     def _plain(self, value: Any) -> Any:
         torch = self.torch
         if isinstance(value, torch.fx.Node):
@@ -251,6 +267,8 @@ class _Builder:
                 unit = self._unit(node, op, bound)
                 if unit is None and aten.functional(op) not in aten.OPS:
                     raise ConversionError("no mapping for this op")
+                if aten.functional(op) != op:
+                    self._check_in_place(node)
                 self.steps.append([node.name, op, {k: self._plain(v) for k, v in bound.items()}])
                 if unit is not None:
                     self.units[node.name] = unit

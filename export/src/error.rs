@@ -24,4 +24,28 @@ pub enum FormatError {
     /// An offset computation overflowed.
     #[error("offset overflow while computing {what}")]
     Overflow { what: &'static str },
+    /// The header is not a msgpack map of the required structure.
+    #[error("header: {0}")]
+    Header(String),
+    /// A tensor entry or its bytes break the rules of FORMAT.md §5.
+    #[error("tensor {name:?}: {reason}")]
+    Tensor { name: String, reason: String },
+    /// The data section does not match the header's checksum.
+    #[error("checksum mismatch: the header says crc32 {expected:#010x}, the data section has {found:#010x}")]
+    Checksum { expected: u32, found: u32 },
+    /// The graph is not well formed (FORMAT.md §6).
+    #[error("graph: {0}")]
+    Graph(String),
+    /// The file could not be read.
+    #[error("{0}")]
+    Io(String),
+}
+
+/// Why a run failed: bad inputs, or an error inside an op.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum RunError {
+    #[error("input {name:?}: {reason}")]
+    Input { name: String, reason: String },
+    #[error("node {node:?}: {reason}")]
+    Node { node: String, reason: String },
 }

@@ -1,0 +1,169 @@
+//! `lmn`: inspect, run and time `.lmn` Photonic Execution Graphs, no Python.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use lumijax_export::graph::Op;
+use lumijax_export::{npy, Array, Mode, Model, Runtime};
+
+#[derive(Parser)]
+#[command(name = "lmn", version, about = "Inspect, run and time .lmn Photonic Execution Graphs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    /// Float products of the stored weights.
+    Ideal,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a file and print a summary.
+    Inspect { file: PathBuf },
+    /// Run a file on inputs from .npy/.npz and write the outputs.
+    Run {
+        file: PathBuf,
+        /// One .npy (single-input models) or an .npz with the inputs by name.
+        #[arg(long)]
+        input: PathBuf,
+        /// .npy for the first output, .npz for all of them by name.
+        #[arg(long)]
+        output: PathBuf,
+        #[arg(long, value_enum, default_value = "ideal")]
+        mode: ModeArg,
+        /// Seed of the noise streams (FORMAT.md §7.3).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Time loading, validation and inference on zero inputs.
+    Bench {
+        file: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        iterations: usize,
+    },
+}
+
+fn mode(arg: ModeArg) -> Mode {
+    match arg {
+        ModeArg::Ideal => Mode::Ideal,
+    }
+}
+
+fn inspect(file: &PathBuf) -> Result<(), String> {
+    let model = Model::open(file).map_err(|e| e.to_string())?;
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    let h = &model.header;
+    let g = &model.graph;
+    let mut ops: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut photonic = 0;
+    for node in &h.graph.nodes {
+        *ops.entry(node.op.as_str()).or_default() += 1;
+    }
+    for step in &g.steps {
+        if matches!(step.op, Op::Linear { .. } | Op::Conv2d { .. } | Op::CausalAttention { .. }) {
+            photonic += 1;
+        }
+    }
+    let mut bytes: BTreeMap<&str, (usize, usize)> = BTreeMap::new();
+    for t in model.tensors.values() {
+        let entry = bytes.entry(t.dtype.name()).or_default();
+        entry.0 += 1;
+        entry.1 += t.nbytes;
+    }
+    let row = |k: &str, v: String| println!("  {k:<22} {v}");
+    println!("{}", file.display());
+    row("file", format!("{size} bytes, format 1, producer {:?}", h.producer));
+    for (k, v) in &h.metadata {
+        if k != "config" {
+            row(k, v.clone());
+        }
+    }
+    for &i in &g.inputs {
+        row("input", format!("{} {} {:?}", g.values[i].name, g.values[i].dtype.name(), g.values[i].shape));
+    }
+    for &o in &g.outputs {
+        row("output", format!("{} {} {:?}", g.values[o].name, g.values[o].dtype.name(), g.values[o].shape));
+    }
+    row("nodes", format!("{} ({photonic} on the photonic core)", g.steps.len()));
+    for (op, count) in ops {
+        row(&format!("  {op}"), count.to_string());
+    }
+    for (dtype, (count, nbytes)) in bytes {
+        row(&format!("tensors {dtype}"), format!("{count} ({nbytes} bytes)"));
+    }
+    for key in ["num_channels", "channel_spacing_nm", "quality_factor", "dac_bits", "adc_bits"] {
+        if let Some(v) = h.hardware.get(key) {
+            row(key, v.to_string());
+        }
+    }
+    Ok(())
+}
+
+fn run(file: &PathBuf, input: &PathBuf, output: &PathBuf, mode: Mode, _seed: u64) -> Result<(), String> {
+    let model = Model::open(file).map_err(|e| e.to_string())?;
+    let g = &model.graph;
+    let wanted: Vec<_> = g.inputs.iter().map(|&i| &g.values[i]).collect();
+    let inputs = npy::read_inputs(input, &wanted)?;
+    let outputs = Runtime::new(&model).run(&inputs, mode).map_err(|e| e.to_string())?;
+    let names: Vec<&str> = g.outputs.iter().map(|&o| g.values[o].name.as_str()).collect();
+    npy::write_outputs(output, &names, &outputs)
+}
+
+fn zeros(model: &Model) -> Vec<Array> {
+    let g = &model.graph;
+    g.inputs
+        .iter()
+        .map(|&i| {
+            let v = &g.values[i];
+            let n = v.shape.iter().product();
+            match v.dtype {
+                lumijax_export::tensor::Dtype::I32 => Array::I32 { shape: v.shape.clone(), data: vec![0; n] },
+                _ => Array::F32 { shape: v.shape.clone(), data: vec![0.0; n] },
+            }
+        })
+        .collect()
+}
+
+fn bench(file: &PathBuf, iterations: usize) -> Result<(), String> {
+    let start = Instant::now();
+    let model = Model::open(file).map_err(|e| e.to_string())?;
+    let open = start.elapsed();
+    let runtime = Runtime::new(&model);
+    let inputs = zeros(&model);
+    let start = Instant::now();
+    runtime.run(&inputs, Mode::Ideal).map_err(|e| e.to_string())?;
+    let first = start.elapsed();
+    let mut times = Vec::with_capacity(iterations);
+    for _ in 0..iterations.max(1) {
+        let start = Instant::now();
+        runtime.run(&inputs, Mode::Ideal).map_err(|e| e.to_string())?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    println!("open + validate   {:.3} ms", open.as_secs_f64() * 1e3);
+    println!("first inference   {:.3} ms", first.as_secs_f64() * 1e3);
+    println!("median inference  {:.3} ms over {} runs", times[times.len() / 2] * 1e3, times.len());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Inspect { file } => inspect(file),
+        Command::Run { file, input, output, mode: m, seed } => run(file, input, output, mode(*m), *seed),
+        Command::Bench { file, iterations } => bench(file, *iterations),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("lmn: {}", message.lines().next().unwrap_or("error"));
+            ExitCode::from(2)
+        }
+    }
+}

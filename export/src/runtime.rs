@@ -1,0 +1,360 @@
+//! Runs a validated graph (FORMAT.md §6.1) on the native kernels.
+//!
+//! Products go through `lumijax_native`'s GEMM, attention through its fused
+//! causal softmax. Weights are read in place from the memory-mapped file
+//! when stored as f32, and dequantized once when stored as codes.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use lumijax_native::gemm::{batched_matmul, MatmulShape, Op as GemmOp};
+use lumijax_native::softmax::{causal_softmax_forward, CausalShape};
+
+use crate::error::RunError;
+use crate::graph::{Op, Step};
+use crate::model::Model;
+use crate::tensor::Dtype;
+
+/// How products are simulated (FORMAT.md §7.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The float products of the stored weights.
+    Ideal,
+}
+
+/// A dense C-order array, an input or output of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Array {
+    F32 { shape: Vec<usize>, data: Vec<f32> },
+    I32 { shape: Vec<usize>, data: Vec<i32> },
+}
+
+impl Array {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Array::F32 { shape, .. } | Array::I32 { shape, .. } => shape,
+        }
+    }
+
+    fn dtype(&self) -> Dtype {
+        match self {
+            Array::F32 { .. } => Dtype::F32,
+            Array::I32 { .. } => Dtype::I32,
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Array::F32 { data, .. } => data.len(),
+            Array::I32 { data, .. } => data.len(),
+        }
+    }
+}
+
+/// A model ready to run: its weights resolved to f32 once.
+pub struct Runtime<'m> {
+    model: &'m Model,
+    weights: HashMap<&'m str, Cow<'m, [f32]>>,
+    last_use: Vec<usize>,
+}
+
+fn gemm(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize, transpose_b: bool) -> Result<(), String> {
+    let op_b = if transpose_b { GemmOp::Transpose } else { GemmOp::Identity };
+    let shape = MatmulShape::broadcast(&[], &[], &[], m, k, n, GemmOp::Identity, op_b).map_err(|e| e.to_string())?;
+    batched_matmul(a, b, c, &shape).map_err(|e| e.to_string())
+}
+
+fn batched_gemm(a: &[f32], b: &[f32], c: &mut [f32], batch: usize, m: usize, k: usize, n: usize, transpose_b: bool) -> Result<(), String> {
+    let op_b = if transpose_b { GemmOp::Transpose } else { GemmOp::Identity };
+    let shape = MatmulShape::broadcast(&[batch], &[batch], &[batch], m, k, n, GemmOp::Identity, op_b).map_err(|e| e.to_string())?;
+    batched_matmul(a, b, c, &shape).map_err(|e| e.to_string())
+}
+
+fn add_rows(y: &mut [f32], bias: &[f32]) {
+    for row in y.chunks_exact_mut(bias.len()) {
+        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+    }
+}
+
+/// im2col for NHWC: one row per output pixel, (kernel row, kernel column,
+/// channel) with the channel fastest; padding is zero.
+fn patches(x: &[f32], shape: &[usize], kernel: [usize; 2], stride: [usize; 2], padding: [[usize; 2]; 2], out_hw: [usize; 2]) -> Vec<f32> {
+    let (n, h, w, c) = (shape[0], shape[1], shape[2], shape[3]);
+    let width = kernel[0] * kernel[1] * c;
+    let mut out = vec![0.0f32; n * out_hw[0] * out_hw[1] * width];
+    for (p, row) in out.chunks_exact_mut(width.max(1)).enumerate() {
+        let (b, oy, ox) = (p / (out_hw[0] * out_hw[1]), (p / out_hw[1]) % out_hw[0], p % out_hw[1]);
+        for ky in 0..kernel[0] {
+            let iy = (oy * stride[0] + ky) as isize - padding[0][0] as isize;
+            if iy < 0 || iy >= h as isize {
+                continue;
+            }
+            for kx in 0..kernel[1] {
+                let ix = (ox * stride[1] + kx) as isize - padding[1][0] as isize;
+                if ix < 0 || ix >= w as isize {
+                    continue;
+                }
+                let src = ((b * h + iy as usize) * w + ix as usize) * c;
+                let dst = (ky * kernel[1] + kx) * c;
+                row[dst..dst + c].copy_from_slice(&x[src..src + c]);
+            }
+        }
+    }
+    out
+}
+
+fn gelu(x: f32, tanh: bool) -> f32 {
+    if tanh {
+        let inner = 0.797_884_6_f32 * (x + 0.044715 * x * x * x);
+        0.5 * x * (1.0 + inner.tanh())
+    } else {
+        0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+    }
+}
+
+impl<'m> Runtime<'m> {
+    pub fn new(model: &'m Model) -> Runtime<'m> {
+        let mut weights = HashMap::new();
+        for step in &model.graph.steps {
+            if let Op::Linear { weight, .. } | Op::Conv2d { weight, .. } = &step.op {
+                weights.entry(weight.as_str()).or_insert_with(|| match model.tensors[weight].quant {
+                    None => Cow::Borrowed(model.f32s(weight)),
+                    Some(_) => Cow::Owned(model.weights(weight)),
+                });
+            }
+        }
+        let mut last_use = vec![usize::MAX; model.graph.values.len()];
+        for (i, step) in model.graph.steps.iter().enumerate() {
+            for &v in &step.inputs {
+                last_use[v] = i;
+            }
+        }
+        for &o in &model.graph.outputs {
+            last_use[o] = usize::MAX;
+        }
+        Runtime { model, weights, last_use }
+    }
+
+    /// Runs the graph on `inputs` (in the order of the graph's inputs).
+    pub fn run(&self, inputs: &[Array], mode: Mode) -> Result<Vec<Array>, RunError> {
+        let graph = &self.model.graph;
+        if inputs.len() != graph.inputs.len() {
+            return Err(RunError::Input { name: "*".into(), reason: format!("the model takes {} inputs, got {}", graph.inputs.len(), inputs.len()) });
+        }
+        let mut values: Vec<Option<Array>> = vec![None; graph.values.len()];
+        for (&v, input) in graph.inputs.iter().zip(inputs) {
+            let info = &graph.values[v];
+            if input.shape() != info.shape.as_slice() || input.dtype() != info.dtype || input.len() != info.shape.iter().product::<usize>() {
+                return Err(RunError::Input {
+                    name: info.name.clone(),
+                    reason: format!("expected {} {:?}, got {} {:?}", info.dtype.name(), info.shape, input.dtype().name(), input.shape()),
+                });
+            }
+            values[v] = Some(input.clone());
+        }
+        for (i, step) in graph.steps.iter().enumerate() {
+            let out = self
+                .step(step, &values, mode)
+                .map_err(|reason| RunError::Node { node: step.name.clone(), reason })?;
+            values[step.output] = Some(out);
+            for &v in &step.inputs {
+                if self.last_use[v] == i {
+                    values[v] = None;
+                }
+            }
+        }
+        graph.outputs.iter().map(|&o| values[o].clone().ok_or_else(|| RunError::Node { node: graph.values[o].name.clone(), reason: "never computed".into() })).collect()
+    }
+
+    fn step(&self, step: &Step, values: &[Option<Array>], _mode: Mode) -> Result<Array, String> {
+        let graph = &self.model.graph;
+        let shape = graph.values[step.output].shape.clone();
+        let input = |k: usize| values[step.inputs[k]].as_ref().ok_or_else(|| "an input was freed early".to_string());
+        let x = input(0)?;
+        let x_shape = x.shape().to_vec();
+        let floats = |a: &'_ Array| -> Result<Vec<f32>, String> {
+            match a {
+                Array::F32 { data, .. } => Ok(data.clone()),
+                Array::I32 { .. } => Err("expects f32 input".into()),
+            }
+        };
+        let m = self.model;
+        let data: Vec<f32> = match &step.op {
+            Op::Transpose { perm } => return Ok(transpose(x, perm)),
+            Op::Reshape { .. } => {
+                return Ok(match x.clone() {
+                    Array::F32 { data, .. } => Array::F32 { shape, data },
+                    Array::I32 { data, .. } => Array::I32 { shape, data },
+                })
+            }
+            Op::Linear { weight, bias, .. } => {
+                let xs = floats(x)?;
+                let k = *x_shape.last().unwrap_or(&0);
+                let rows = xs.len() / k.max(1);
+                let n = *shape.last().unwrap_or(&0);
+                let mut y = vec![0.0f32; rows * n];
+                gemm(&xs, &self.weights[weight.as_str()], &mut y, rows, k, n, true)?;
+                if let Some(b) = bias {
+                    add_rows(&mut y, m.f32s(b));
+                }
+                y
+            }
+            Op::Conv2d { weight, bias, kernel, stride, padding, .. } => {
+                let xs = floats(x)?;
+                let cols = patches(&xs, &x_shape, *kernel, *stride, *padding, [shape[1], shape[2]]);
+                let k = kernel[0] * kernel[1] * x_shape[3];
+                let rows = shape[0] * shape[1] * shape[2];
+                let mut y = vec![0.0f32; rows * shape[3]];
+                gemm(&cols, &self.weights[weight.as_str()], &mut y, rows, k, shape[3], true)?;
+                if let Some(b) = bias {
+                    add_rows(&mut y, m.f32s(b));
+                }
+                y
+            }
+            Op::ScaleShift { scale, shift } => {
+                let (s, t) = (m.f32s(scale), m.f32s(shift));
+                let mut y = floats(x)?;
+                for row in y.chunks_exact_mut(s.len().max(1)) {
+                    for ((v, a), b) in row.iter_mut().zip(s).zip(t) {
+                        *v = *v * a + b;
+                    }
+                }
+                y
+            }
+            Op::Relu => floats(x)?.into_iter().map(|v| v.max(0.0)).collect(),
+            Op::Gelu { tanh } => floats(x)?.into_iter().map(|v| gelu(v, *tanh)).collect(),
+            Op::Add => {
+                let b = floats(input(1)?)?;
+                floats(x)?.into_iter().zip(b).map(|(a, b)| a + b).collect()
+            }
+            Op::MaxPool2d { window, stride, padding } => max_pool(&floats(x)?, &x_shape, *window, *stride, *padding, &shape),
+            Op::GlobalAvgPool => {
+                let xs = floats(x)?;
+                let (n, hw, c) = (x_shape[0], x_shape[1] * x_shape[2], x_shape[3]);
+                let mut y = vec![0.0f32; n * c];
+                for b in 0..n {
+                    for p in 0..hw {
+                        let src = &xs[(b * hw + p) * c..(b * hw + p + 1) * c];
+                        y[b * c..(b + 1) * c].iter_mut().zip(src).for_each(|(a, v)| *a += v);
+                    }
+                }
+                y.iter_mut().for_each(|v| *v /= hw as f32);
+                y
+            }
+            Op::Embedding { table } => {
+                let Array::I32 { data: ids, .. } = x else { return Err("ids must be i32".into()) };
+                let t = m.f32s(table);
+                let (vocab, width) = (m.tensors[table].shape[0], m.tensors[table].shape[1]);
+                let mut y = Vec::with_capacity(ids.len() * width);
+                for &id in ids {
+                    let row = usize::try_from(id).ok().filter(|&r| r < vocab).ok_or_else(|| format!("token id {id} is outside the vocabulary of {vocab}"))?;
+                    y.extend_from_slice(&t[row * width..(row + 1) * width]);
+                }
+                y
+            }
+            Op::AddPositions { table } => {
+                let t = m.f32s(table);
+                let (tokens, width) = (x_shape[1], x_shape[2]);
+                let mut y = floats(x)?;
+                for sequence in y.chunks_exact_mut((tokens * width).max(1)) {
+                    sequence.iter_mut().zip(&t[..tokens * width]).for_each(|(v, p)| *v += p);
+                }
+                y
+            }
+            Op::LayerNorm { scale, bias, eps } => {
+                let (s, b) = (m.f32s(scale), bias.as_ref().map(|b| m.f32s(b)));
+                let mut y = floats(x)?;
+                let c = s.len().max(1);
+                for row in y.chunks_exact_mut(c) {
+                    let mean = row.iter().sum::<f32>() / c as f32;
+                    let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c as f32;
+                    let inv = 1.0 / (var + eps).sqrt();
+                    for (j, v) in row.iter_mut().enumerate() {
+                        *v = (*v - mean) * inv * s[j] + b.map_or(0.0, |b| b[j]);
+                    }
+                }
+                y
+            }
+            Op::CausalAttention { heads, scale, .. } => attention(&floats(x)?, &x_shape, *heads, *scale)?,
+        };
+        Ok(Array::F32 { shape, data })
+    }
+}
+
+fn transpose(x: &Array, perm: &[usize]) -> Array {
+    let shape = x.shape();
+    let out_shape: Vec<usize> = perm.iter().map(|&p| shape[p]).collect();
+    let mut in_strides = vec![1usize; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        in_strides[i] = in_strides[i + 1] * shape[i + 1];
+    }
+    let total: usize = shape.iter().product();
+    let source = |flat: usize| {
+        let (mut rem, mut src) = (flat, 0);
+        for axis in (0..out_shape.len()).rev() {
+            let extent = out_shape[axis].max(1);
+            src += (rem % extent) * in_strides[perm[axis]];
+            rem /= extent;
+        }
+        src
+    };
+    match x {
+        Array::F32 { data, .. } => Array::F32 { shape: out_shape.clone(), data: (0..total).map(|i| data[source(i)]).collect() },
+        Array::I32 { data, .. } => Array::I32 { shape: out_shape.clone(), data: (0..total).map(|i| data[source(i)]).collect() },
+    }
+}
+
+fn max_pool(x: &[f32], s: &[usize], window: [usize; 2], stride: [usize; 2], padding: [[usize; 2]; 2], out: &[usize]) -> Vec<f32> {
+    let (h, w, c) = (s[1], s[2], s[3]);
+    let mut y = vec![f32::NEG_INFINITY; out.iter().product()];
+    for (p, pixel) in y.chunks_exact_mut(c.max(1)).enumerate() {
+        let (b, oy, ox) = (p / (out[1] * out[2]), (p / out[2]) % out[1], p % out[2]);
+        for ky in 0..window[0] {
+            let iy = (oy * stride[0] + ky) as isize - padding[0][0] as isize;
+            for kx in 0..window[1] {
+                let ix = (ox * stride[1] + kx) as isize - padding[1][0] as isize;
+                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                    continue;
+                }
+                let src = &x[((b * h + iy as usize) * w + ix as usize) * c..][..c];
+                pixel.iter_mut().zip(src).for_each(|(m, v)| *m = m.max(*v));
+            }
+        }
+    }
+    y
+}
+
+/// Causal multi-head attention on a fused `(N, T, 3C)` QKV tensor.
+fn attention(qkv: &[f32], shape: &[usize], heads: usize, scale: f32) -> Result<Vec<f32>, String> {
+    let (n, t, c) = (shape[0], shape[1], shape[2] / 3);
+    let d = c / heads;
+    let split = |part: usize| {
+        let mut out = vec![0.0f32; n * heads * t * d];
+        for b in 0..n {
+            for s in 0..t {
+                let row = &qkv[(b * t + s) * 3 * c + part * c..][..c];
+                for h in 0..heads {
+                    out[((b * heads + h) * t + s) * d..][..d].copy_from_slice(&row[h * d..(h + 1) * d]);
+                }
+            }
+        }
+        out
+    };
+    let (q, k, v) = (split(0), split(1), split(2));
+    let groups = n * heads;
+    let mut scores = vec![0.0f32; groups * t * t];
+    batched_gemm(&q, &k, &mut scores, groups, t, d, t, true)?;
+    let causal = CausalShape { outer: groups, queries: t, keys: t, offset: 0 };
+    causal_softmax_forward(None, &mut scores, &causal, scale).map_err(|e| e.to_string())?;
+    let mut mixed = vec![0.0f32; groups * t * d];
+    batched_gemm(&scores, &v, &mut mixed, groups, t, t, d, false)?;
+    let mut out = vec![0.0f32; n * t * c];
+    for b in 0..n {
+        for h in 0..heads {
+            for s in 0..t {
+                out[(b * t + s) * c + h * d..][..d].copy_from_slice(&mixed[((b * heads + h) * t + s) * d..][..d]);
+            }
+        }
+    }
+    Ok(out)
+}

@@ -9,6 +9,7 @@ pub mod graph;
 pub mod header;
 pub mod model;
 pub mod npy;
+pub mod photonic;
 pub mod preamble;
 pub mod runtime;
 pub mod tensor;

@@ -6,21 +6,16 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
-use lumijax_native::gemm::{batched_matmul, MatmulShape, Op as GemmOp};
 use lumijax_native::softmax::{causal_softmax_forward, CausalShape};
 
 use crate::error::RunError;
-use crate::graph::{Op, Step};
+use crate::graph::{Core, Op, Step};
 use crate::model::Model;
+pub use crate::photonic::Mode;
+use crate::photonic::{self, gemm, Programmed};
 use crate::tensor::Dtype;
-
-/// How products are simulated (FORMAT.md §7.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// The float products of the stored weights.
-    Ideal,
-}
 
 /// A dense C-order array, an input or output of a run.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,23 +46,28 @@ impl Array {
     }
 }
 
-/// A model ready to run: its weights resolved to f32 once.
+/// A model ready to run: its weights resolved to f32 once, and programmed
+/// onto their banks on the first run in a hardware mode.
 pub struct Runtime<'m> {
     model: &'m Model,
     weights: HashMap<&'m str, Cow<'m, [f32]>>,
+    programmed: Vec<OnceLock<Result<Programmed, String>>>,
+    num_channels: usize,
     last_use: Vec<usize>,
 }
 
-fn gemm(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize, transpose_b: bool) -> Result<(), String> {
-    let op_b = if transpose_b { GemmOp::Transpose } else { GemmOp::Identity };
-    let shape = MatmulShape::broadcast(&[], &[], &[], m, k, n, GemmOp::Identity, op_b).map_err(|e| e.to_string())?;
-    batched_matmul(a, b, c, &shape).map_err(|e| e.to_string())
+/// The noise stream of product `product` of node `node` on slice `group`
+/// (FORMAT.md §7.3).
+fn stream(node: usize, product: u64, group: usize) -> u64 {
+    ((node as u64) << 24) | (product << 23) | group as u64
 }
 
-fn batched_gemm(a: &[f32], b: &[f32], c: &mut [f32], batch: usize, m: usize, k: usize, n: usize, transpose_b: bool) -> Result<(), String> {
-    let op_b = if transpose_b { GemmOp::Transpose } else { GemmOp::Identity };
-    let shape = MatmulShape::broadcast(&[batch], &[batch], &[batch], m, k, n, GemmOp::Identity, op_b).map_err(|e| e.to_string())?;
-    batched_matmul(a, b, c, &shape).map_err(|e| e.to_string())
+/// `x` with its last axis (of length `k`) in the slot order.
+fn in_slots<'a>(x: &'a [f32], k: usize, order: &Option<Vec<usize>>) -> Cow<'a, [f32]> {
+    match order {
+        None => Cow::Borrowed(x),
+        Some(order) => Cow::Owned(x.chunks_exact(k.max(1)).flat_map(|row| order.iter().map(move |&i| row[i])).collect()),
+    }
 }
 
 fn add_rows(y: &mut [f32], bias: &[f32]) {
@@ -132,7 +132,29 @@ impl<'m> Runtime<'m> {
         for &o in &model.graph.outputs {
             last_use[o] = usize::MAX;
         }
-        Runtime { model, weights, last_use }
+        let num_channels = model.header.hardware.get("num_channels").and_then(|v| v.as_u64()).unwrap_or(16) as usize;
+        let programmed = (0..model.graph.steps.len()).map(|_| OnceLock::new()).collect();
+        Runtime { model, weights, programmed, num_channels, last_use }
+    }
+
+    fn bank(&self, core: &Core) -> (&[f32], Option<&[f32]>) {
+        (self.model.f32s(&core.coupling), core.compensation.as_ref().map(|c| self.model.f32s(c)))
+    }
+
+    /// `x·Wᵀ` of a weight layer, on the core in hardware modes.
+    fn weight_product(&self, index: usize, x: &[f32], rows: usize, k: usize, out: usize, weight: &str, core: &Core, mode: Mode) -> Result<Vec<f32>, String> {
+        let w = &self.weights[weight];
+        if mode == Mode::Ideal {
+            let mut y = vec![0.0f32; rows * out];
+            gemm(x, w, &mut y, 1, (rows, k, out), true)?;
+            return Ok(y);
+        }
+        let programmed = self.programmed[index].get_or_init(|| {
+            let (coupling, compensation) = self.bank(core);
+            photonic::program(&in_slots(w, k, &core.slot_order), out, k, coupling, compensation)
+        });
+        let programmed = programmed.as_ref().map_err(|e| e.clone())?;
+        photonic::product(&in_slots(x, k, &core.slot_order), rows, k, programmed, out, core, self.num_channels, mode, stream(index, 0, 0))
     }
 
     /// Runs the graph on `inputs` (in the order of the graph's inputs).
@@ -154,7 +176,7 @@ impl<'m> Runtime<'m> {
         }
         for (i, step) in graph.steps.iter().enumerate() {
             let out = self
-                .step(step, &values, mode)
+                .step(i, step, &values, mode)
                 .map_err(|reason| RunError::Node { node: step.name.clone(), reason })?;
             values[step.output] = Some(out);
             for &v in &step.inputs {
@@ -166,7 +188,7 @@ impl<'m> Runtime<'m> {
         graph.outputs.iter().map(|&o| values[o].clone().ok_or_else(|| RunError::Node { node: graph.values[o].name.clone(), reason: "never computed".into() })).collect()
     }
 
-    fn step(&self, step: &Step, values: &[Option<Array>], _mode: Mode) -> Result<Array, String> {
+    fn step(&self, index: usize, step: &Step, values: &[Option<Array>], mode: Mode) -> Result<Array, String> {
         let graph = &self.model.graph;
         let shape = graph.values[step.output].shape.clone();
         let input = |k: usize| values[step.inputs[k]].as_ref().ok_or_else(|| "an input was freed early".to_string());
@@ -187,25 +209,23 @@ impl<'m> Runtime<'m> {
                     Array::I32 { data, .. } => Array::I32 { shape, data },
                 })
             }
-            Op::Linear { weight, bias, .. } => {
+            Op::Linear { weight, bias, core } => {
                 let xs = floats(x)?;
                 let k = *x_shape.last().unwrap_or(&0);
                 let rows = xs.len() / k.max(1);
                 let n = *shape.last().unwrap_or(&0);
-                let mut y = vec![0.0f32; rows * n];
-                gemm(&xs, &self.weights[weight.as_str()], &mut y, rows, k, n, true)?;
+                let mut y = self.weight_product(index, &xs, rows, k, n, weight, core, mode)?;
                 if let Some(b) = bias {
                     add_rows(&mut y, m.f32s(b));
                 }
                 y
             }
-            Op::Conv2d { weight, bias, kernel, stride, padding, .. } => {
+            Op::Conv2d { weight, bias, kernel, stride, padding, core } => {
                 let xs = floats(x)?;
                 let cols = patches(&xs, &x_shape, *kernel, *stride, *padding, [shape[1], shape[2]]);
                 let k = kernel[0] * kernel[1] * x_shape[3];
                 let rows = shape[0] * shape[1] * shape[2];
-                let mut y = vec![0.0f32; rows * shape[3]];
-                gemm(&cols, &self.weights[weight.as_str()], &mut y, rows, k, shape[3], true)?;
+                let mut y = self.weight_product(index, &cols, rows, k, shape[3], weight, core, mode)?;
                 if let Some(b) = bias {
                     add_rows(&mut y, m.f32s(b));
                 }
@@ -275,7 +295,21 @@ impl<'m> Runtime<'m> {
                 }
                 y
             }
-            Op::CausalAttention { heads, scale, .. } => attention(&floats(x)?, &x_shape, *heads, *scale)?,
+            Op::CausalAttention { heads, scale, core } => {
+                let bank = self.bank(core);
+                let pairwise = |a: &[f32], b: &[f32], c: &mut [f32], groups: usize, (m, k, n): (usize, usize, usize), product: u64| -> Result<(), String> {
+                    if mode == Mode::Ideal {
+                        return gemm(a, b, c, groups, (m, k, n), true);
+                    }
+                    for g in 0..groups {
+                        let programmed = photonic::program(&b[g * n * k..(g + 1) * n * k], n, k, bank.0, bank.1)?;
+                        let y = photonic::product(&a[g * m * k..(g + 1) * m * k], m, k, &programmed, n, core, self.num_channels, mode, stream(index, product, g))?;
+                        c[g * m * n..(g + 1) * m * n].copy_from_slice(&y);
+                    }
+                    Ok(())
+                };
+                attention(&floats(x)?, &x_shape, *heads, *scale, pairwise)?
+            }
         };
         Ok(Array::F32 { shape, data })
     }
@@ -325,29 +359,36 @@ fn max_pool(x: &[f32], s: &[usize], window: [usize; 2], stride: [usize; 2], padd
 }
 
 /// Causal multi-head attention on a fused `(N, T, 3C)` QKV tensor.
-fn attention(qkv: &[f32], shape: &[usize], heads: usize, scale: f32) -> Result<Vec<f32>, String> {
+///
+/// `pairwise(a, b, c, groups, (m, k, n), product)` computes `c[g] = a[g]·b[g]ᵀ`
+/// for `a` `(m, k)` and `b` `(n, k)` slices; `product` numbers it in the node.
+fn attention(qkv: &[f32], shape: &[usize], heads: usize, scale: f32, pairwise: impl Fn(&[f32], &[f32], &mut [f32], usize, (usize, usize, usize), u64) -> Result<(), String>) -> Result<Vec<f32>, String> {
     let (n, t, c) = (shape[0], shape[1], shape[2] / 3);
     let d = c / heads;
-    let split = |part: usize| {
-        let mut out = vec![0.0f32; n * heads * t * d];
-        for b in 0..n {
-            for s in 0..t {
-                let row = &qkv[(b * t + s) * 3 * c + part * c..][..c];
-                for h in 0..heads {
-                    out[((b * heads + h) * t + s) * d..][..d].copy_from_slice(&row[h * d..(h + 1) * d]);
+    let groups = n * heads;
+    // q, k: (groups, t, d); v transposed: (groups, d, t), the "weights" of the second product.
+    let mut q = vec![0.0f32; groups * t * d];
+    let mut k = vec![0.0f32; groups * t * d];
+    let mut vt = vec![0.0f32; groups * d * t];
+    for b in 0..n {
+        for s in 0..t {
+            let row = &qkv[(b * t + s) * 3 * c..][..3 * c];
+            for h in 0..heads {
+                let g = b * heads + h;
+                q[(g * t + s) * d..][..d].copy_from_slice(&row[h * d..(h + 1) * d]);
+                k[(g * t + s) * d..][..d].copy_from_slice(&row[c + h * d..c + (h + 1) * d]);
+                for j in 0..d {
+                    vt[(g * d + j) * t + s] = row[2 * c + h * d + j];
                 }
             }
         }
-        out
-    };
-    let (q, k, v) = (split(0), split(1), split(2));
-    let groups = n * heads;
+    }
     let mut scores = vec![0.0f32; groups * t * t];
-    batched_gemm(&q, &k, &mut scores, groups, t, d, t, true)?;
+    pairwise(&q, &k, &mut scores, groups, (t, d, t), 0)?;
     let causal = CausalShape { outer: groups, queries: t, keys: t, offset: 0 };
     causal_softmax_forward(None, &mut scores, &causal, scale).map_err(|e| e.to_string())?;
     let mut mixed = vec![0.0f32; groups * t * d];
-    batched_gemm(&scores, &v, &mut mixed, groups, t, t, d, false)?;
+    pairwise(&scores, &vt, &mut mixed, groups, (t, t, d), 1)?;
     let mut out = vec![0.0f32; n * t * c];
     for b in 0..n {
         for h in 0..heads {

@@ -1,7 +1,7 @@
 //! `lmn`: inspect, run and time `.lmn` Photonic Execution Graphs, no Python.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -20,6 +20,10 @@ struct Cli {
 enum ModeArg {
     /// Float products of the stored weights.
     Ideal,
+    /// Converters, compensation and bank coupling, no noise.
+    Expected,
+    /// Expected plus detector noise (seeded).
+    Noisy,
 }
 
 #[derive(Subcommand)]
@@ -49,13 +53,15 @@ enum Command {
     },
 }
 
-fn mode(arg: ModeArg) -> Mode {
+fn mode(arg: ModeArg, seed: u64) -> Mode {
     match arg {
         ModeArg::Ideal => Mode::Ideal,
+        ModeArg::Expected => Mode::Expected,
+        ModeArg::Noisy => Mode::Noisy { seed },
     }
 }
 
-fn inspect(file: &PathBuf) -> Result<(), String> {
+fn inspect(file: &Path) -> Result<(), String> {
     let model = Model::open(file).map_err(|e| e.to_string())?;
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     let h = &model.header;
@@ -105,7 +111,7 @@ fn inspect(file: &PathBuf) -> Result<(), String> {
     Ok(())
 }
 
-fn run(file: &PathBuf, input: &PathBuf, output: &PathBuf, mode: Mode, _seed: u64) -> Result<(), String> {
+fn run(file: &Path, input: &Path, output: &Path, mode: Mode) -> Result<(), String> {
     let model = Model::open(file).map_err(|e| e.to_string())?;
     let g = &model.graph;
     let wanted: Vec<_> = g.inputs.iter().map(|&i| &g.values[i]).collect();
@@ -130,7 +136,7 @@ fn zeros(model: &Model) -> Vec<Array> {
         .collect()
 }
 
-fn bench(file: &PathBuf, iterations: usize) -> Result<(), String> {
+fn bench(file: &Path, iterations: usize) -> Result<(), String> {
     let start = Instant::now();
     let model = Model::open(file).map_err(|e| e.to_string())?;
     let open = start.elapsed();
@@ -156,7 +162,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Inspect { file } => inspect(file),
-        Command::Run { file, input, output, mode: m, seed } => run(file, input, output, mode(*m), *seed),
+        Command::Run { file, input, output, mode: m, seed } => run(file, input, output, mode(*m, *seed)),
         Command::Bench { file, iterations } => bench(file, *iterations),
     };
     match result {

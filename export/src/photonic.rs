@@ -1,0 +1,163 @@
+//! The photonic core of FORMAT.md §7.2: slot order, converters, crosstalk
+//! compensation, bank coupling and detector noise around a product.
+
+use lumijax_native::gemm::{batched_matmul, MatmulShape, Op as GemmOp};
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::graph::Core;
+
+/// How products are simulated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The float products of the stored weights.
+    Ideal,
+    /// Converters, compensation and coupling, no noise.
+    Expected,
+    /// `Expected` plus detector noise from the seeded streams.
+    Noisy { seed: u64 },
+}
+
+/// `c = a·op(b)` for row-major `a` (batch·m × k) and `b` (batch·k × n, or
+/// batch·n × k with `transpose_b`).
+pub fn gemm(a: &[f32], b: &[f32], c: &mut [f32], batch: usize, (m, k, n): (usize, usize, usize), transpose_b: bool) -> Result<(), String> {
+    let op_b = if transpose_b { GemmOp::Transpose } else { GemmOp::Identity };
+    let shape = MatmulShape::broadcast(&[batch], &[batch], &[batch], m, k, n, GemmOp::Identity, op_b).map_err(|e| e.to_string())?;
+    batched_matmul(a, b, c, &shape).map_err(|e| e.to_string())
+}
+
+/// `x ← s·clip(round_half_even(x/s), −2^(b−1), 2^(b−1)−1)`, `s = range/(2^(b−1)−1)`.
+pub fn fake_quant(x: &mut [f32], range: f32, bits: u32) {
+    let levels = ((1u32 << (bits - 1)) - 1) as f32;
+    let scale = range.max(f32::MIN_POSITIVE) / levels;
+    let (lo, hi) = (-levels - 1.0, levels);
+    for v in x.iter_mut() {
+        *v = scale * (*v / scale).round_ties_even().clamp(lo, hi);
+    }
+}
+
+fn max_abs(x: &[f32]) -> f32 {
+    x.iter().fold(0.0f32, |m, v| m.max(v.abs()))
+}
+
+/// The inverse of a row-major `n×n` matrix (Gauss–Jordan, partial pivoting, f64).
+fn inverse(a: &[f64], n: usize) -> Result<Vec<f64>, String> {
+    let mut m = a.to_vec();
+    let mut inv = vec![0.0f64; n * n];
+    for i in 0..n {
+        inv[i * n + i] = 1.0;
+    }
+    for col in 0..n {
+        let pivot = (col..n).max_by(|&r, &s| m[r * n + col].abs().total_cmp(&m[s * n + col].abs())).unwrap_or(col);
+        if m[pivot * n + col].abs() < 1e-12 {
+            return Err("the compensation coupling matrix is singular".into());
+        }
+        for j in 0..n {
+            m.swap(col * n + j, pivot * n + j);
+            inv.swap(col * n + j, pivot * n + j);
+        }
+        let p = m[col * n + col];
+        for j in 0..n {
+            m[col * n + j] /= p;
+            inv[col * n + j] /= p;
+        }
+        for r in 0..n {
+            let f = m[r * n + col];
+            if r != col && f != 0.0 {
+                for j in 0..n {
+                    m[r * n + j] -= f * m[col * n + j];
+                    inv[r * n + j] -= f * inv[col * n + j];
+                }
+            }
+        }
+    }
+    Ok(inv)
+}
+
+/// `out[o, tile] = w[o, tile]·Gᵀ` with `G` the top-left `len×len` block of
+/// the `n×n` `matrix` for each tile of `n` inputs.
+fn per_tile(w: &[f32], rows: usize, k: usize, n: usize, matrix: impl Fn(usize) -> Vec<f64>) -> Vec<f32> {
+    let mut out = vec![0.0f32; w.len()];
+    let mut start = 0;
+    while start < k {
+        let len = n.min(k - start);
+        let g = matrix(len);
+        for o in 0..rows {
+            let src = &w[o * k + start..o * k + start + len];
+            let dst = &mut out[o * k + start..o * k + start + len];
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = (0..len).map(|j| f64::from(src[j]) * g[i * len + j]).sum::<f64>() as f32;
+            }
+        }
+        start += len;
+    }
+    out
+}
+
+fn block(matrix: &[f32], n: usize, len: usize) -> Vec<f64> {
+    (0..len * len).map(|idx| f64::from(matrix[(idx / len) * n + idx % len])).collect()
+}
+
+/// Programmed and effective weights of a `(rows, k)` matrix on a bank.
+pub struct Programmed {
+    pub effective: Vec<f32>,
+    /// `max_i |W_prog[o, i]|` per row, the full scale of the noise.
+    pub row_full_scale: Vec<f32>,
+}
+
+/// Compensation (`W·(M₀ᵀ)⁻¹` per tile) then coupling (`·Mᵀ` per tile).
+pub fn program(w: &[f32], rows: usize, k: usize, coupling: &[f32], compensation: Option<&[f32]>) -> Result<Programmed, String> {
+    let n = (coupling.len() as f64).sqrt() as usize;
+    let programmed = match compensation {
+        None => w.to_vec(),
+        Some(m0) => {
+            let mut inverses = std::collections::HashMap::new();
+            for len in [n.min(k), k % n] {
+                if len > 0 {
+                    inverses.insert(len, inverse(&block(m0, n, len), len)?);
+                }
+            }
+            // W_prog·M₀ᵀ = W  ⇔  W_prog = W·(M₀⁻¹)ᵀ: rows of M₀⁻¹ weight the tile.
+            per_tile(w, rows, k, n, |len| inverses[&len].clone())
+        }
+    };
+    let effective = per_tile(&programmed, rows, k, n, |len| block(coupling, n, len));
+    let row_full_scale = programmed.chunks_exact(k.max(1)).map(max_abs).collect();
+    Ok(Programmed { effective, row_full_scale })
+}
+
+/// `y = ADC(DAC(x)·W_effᵀ + noise)` for `x` `(rows, k)` already in slot order.
+#[allow(clippy::too_many_arguments)]
+pub fn product(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    weights: &Programmed,
+    out: usize,
+    core: &Core,
+    num_channels: usize,
+    mode: Mode,
+    stream: u64,
+) -> Result<Vec<f32>, String> {
+    let mut xq = x.to_vec();
+    let x_range = core.input_range.unwrap_or_else(|| max_abs(x));
+    fake_quant(&mut xq, x_range, core.input_bits);
+    let mut y = vec![0.0f32; rows * out];
+    gemm(&xq, &weights.effective, &mut y, 1, (rows, k, out), true)?;
+    if let Mode::Noisy { seed } = mode {
+        let tiles = k.div_ceil(num_channels.max(1)) as f64;
+        let base = (tiles / core.snr).sqrt() as f32 * x_range;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        rng.set_stream(stream);
+        for row in y.chunks_exact_mut(out.max(1)) {
+            for (v, &w) in row.iter_mut().zip(&weights.row_full_scale) {
+                let e: f32 = StandardNormal.sample(&mut rng);
+                *v += base * w * e;
+            }
+        }
+    }
+    let y_range = core.output_range.unwrap_or_else(|| max_abs(&y));
+    fake_quant(&mut y, y_range, core.output_bits);
+    Ok(y)
+}

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -70,6 +71,44 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from lumijax import convert, layers, lmn, peg, wdm
+    from lumijax.exporter import LuminaExporter
+
+    console = Console()
+    try:
+        model = convert.load(args.model, mode=args.mode)
+        example = np.load(args.input) if args.input else np.zeros(args.shape, np.int32 if model.arch in ("gpt2", "nanogpt") else np.float32)
+        hardware = layers.photonic_cores(model)[0].hardware
+        planner = wdm.WDMPlanner(hardware) if args.plan else None
+        path = LuminaExporter(hardware, planner).export(model, args.out, [example])
+        header, tensors = lmn.read(path)
+    except (convert.ModelFileError, peg.ExportError, lmn.LmnError, ValueError, OSError) as err:
+        print(f"lumijax export: {err}", file=sys.stderr)
+        return 2
+    table = Table(title=f"{Path(args.out).name}")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    nodes = header["graph"]["nodes"]
+    table.add_row("nodes", str(len(nodes)))
+    table.add_row("photonic ops", str(sum(1 for n in nodes if "core" in n["attrs"])))
+    table.add_row("tensors", f"{len(tensors)} ({sum(t.nbytes for t in tensors.values()):,} bytes)")
+    table.add_row("weights", "float32" if header["metadata"]["mode"] == "ideal" else "integer codes")
+    table.add_row("WDM plan", "yes" if header["wdm"] else "no")
+    table.add_row("file size", f"{path.stat().st_size:,} bytes")
+    console.print(table)
+    return 0
+
+
+def _shape(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(d) for d in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a shape like 1,3,32,32, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lumijax", description="Differentiable photonic tensor-core simulation."
@@ -104,6 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--channel-spacing-nm", type=float, default=0.8, help="WDM channel spacing (nm)")
     conv.add_argument("--channels", type=int, default=16, help="wavelengths per bank")
     conv.set_defaults(run=_convert)
+
+    export = commands.add_parser("export", help="export a converted model (.msgpack) to an .lmn file for the Rust runtime")
+    export.add_argument("model", help="a model written by lumijax convert")
+    export.add_argument("--out", required=True, help="the .lmn file to write")
+    inputs = export.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--input", help="an example input (.npy) fixing the graph's input shape")
+    inputs.add_argument("--shape", type=_shape, help="the input shape, e.g. 1,3,32,32 (tokens for GPTs)")
+    export.add_argument("--mode", choices=("ideal", "expected", "noisy"),
+                        help="ideal stores float32 weights, the others integer codes (default: the model's)")
+    export.add_argument("--plan", action="store_true", help="plan the wavelengths first and record the WDM map")
+    export.set_defaults(run=_export)
     return parser
 
 

@@ -5,6 +5,7 @@
 //! the XLA FFI handlers to JAX as PyCapsules.
 
 mod arrays;
+mod runtime;
 
 use std::ffi::c_void;
 use std::ptr::NonNull;
@@ -76,5 +77,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(arrays::matmul, m)?)?;
     m.add_function(wrap_pyfunction!(arrays::causal_softmax, m)?)?;
     m.add_function(wrap_pyfunction!(arrays::causal_softmax_backward_np, m)?)?;
+    m.add_class::<runtime::LmnRuntime>()?;
     Ok(())
 }

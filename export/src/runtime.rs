@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use lumijax_native::softmax::{causal_softmax_forward, CausalShape};
 
@@ -46,11 +46,12 @@ impl Array {
     }
 }
 
-/// A model ready to run: its weights resolved to f32 once, and programmed
-/// onto their banks on the first run in a hardware mode.
-pub struct Runtime<'m> {
-    model: &'m Model,
-    weights: HashMap<&'m str, Cow<'m, [f32]>>,
+/// A model ready to run: quantized weights dequantized once (f32 weights are
+/// read in place), and programmed onto their banks on the first run in a
+/// hardware mode.
+pub struct Runtime {
+    model: Arc<Model>,
+    dequantized: HashMap<String, Vec<f32>>,
     programmed: Vec<OnceLock<Result<Programmed, String>>>,
     num_channels: usize,
     last_use: Vec<usize>,
@@ -112,15 +113,14 @@ fn gelu(x: f32, tanh: bool) -> f32 {
     }
 }
 
-impl<'m> Runtime<'m> {
-    pub fn new(model: &'m Model) -> Runtime<'m> {
-        let mut weights = HashMap::new();
+impl Runtime {
+    pub fn new(model: Arc<Model>) -> Runtime {
+        let mut dequantized = HashMap::new();
         for step in &model.graph.steps {
             if let Op::Linear { weight, .. } | Op::Conv2d { weight, .. } = &step.op {
-                weights.entry(weight.as_str()).or_insert_with(|| match model.tensors[weight].quant {
-                    None => Cow::Borrowed(model.f32s(weight)),
-                    Some(_) => Cow::Owned(model.weights(weight)),
-                });
+                if model.tensors[weight].quant.is_some() && !dequantized.contains_key(weight) {
+                    dequantized.insert(weight.clone(), model.weights(weight));
+                }
             }
         }
         let mut last_use = vec![usize::MAX; model.graph.values.len()];
@@ -134,7 +134,16 @@ impl<'m> Runtime<'m> {
         }
         let num_channels = model.header.hardware.get("num_channels").and_then(|v| v.as_u64()).unwrap_or(16) as usize;
         let programmed = (0..model.graph.steps.len()).map(|_| OnceLock::new()).collect();
-        Runtime { model, weights, programmed, num_channels, last_use }
+        Runtime { model, dequantized, programmed, num_channels, last_use }
+    }
+
+    /// The validated model this runtime runs.
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    fn weight(&self, name: &str) -> &[f32] {
+        self.dequantized.get(name).map_or_else(|| self.model.f32s(name), Vec::as_slice)
     }
 
     fn bank(&self, core: &Core) -> (&[f32], Option<&[f32]>) {
@@ -143,7 +152,7 @@ impl<'m> Runtime<'m> {
 
     /// `x·Wᵀ` of a weight layer, on the core in hardware modes.
     fn weight_product(&self, index: usize, x: &[f32], rows: usize, k: usize, out: usize, weight: &str, core: &Core, mode: Mode) -> Result<Vec<f32>, String> {
-        let w = &self.weights[weight];
+        let w = self.weight(weight);
         if mode == Mode::Ideal {
             let mut y = vec![0.0f32; rows * out];
             gemm(x, w, &mut y, 1, (rows, k, out), true)?;
@@ -200,7 +209,7 @@ impl<'m> Runtime<'m> {
                 Array::I32 { .. } => Err("expects f32 input".into()),
             }
         };
-        let m = self.model;
+        let m = &*self.model;
         let data: Vec<f32> = match &step.op {
             Op::Transpose { perm } => return Ok(transpose(x, perm)),
             Op::Reshape { .. } => {

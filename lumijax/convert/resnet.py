@@ -29,7 +29,7 @@ from lumijax.convert.factory import LayerFactory
 
 Array = jax.Array
 
-STAGE_WIDTHS = (64, 128, 256, 512)
+STAGE_MULTIPLIERS = (1, 2, 4, 8)
 EXPANSION = {"basic": 1, "bottleneck": 4}
 ARCHS = {
     "resnet18": ("basic", (2, 2, 2, 2)),
@@ -46,12 +46,14 @@ class ResNetConfig:
 
     Attributes:
       block: ``"basic"`` (two 3×3) or ``"bottleneck"`` (1×1, 3×3, 1×1, ×4).
-      layers: blocks per stage (four stages of 64, 128, 256, 512 channels).
+      layers: blocks per stage (four stages of width × 1, 2, 4, 8 channels).
       num_classes: outputs of ``fc``.
       in_channels: image channels.
       stem_kernel, stem_stride: the first convolution (torchvision: 7, 2);
         its padding is ``stem_kernel // 2``.
       stem_pool: the 3×3 stride-2 max pool after the stem.
+      width: channels of the stem and the first stage (torchvision: 64);
+        smaller widths make small networks of the same family.
     """
 
     block: Literal["basic", "bottleneck"] = "basic"
@@ -61,16 +63,21 @@ class ResNetConfig:
     stem_kernel: int = 7
     stem_stride: int = 2
     stem_pool: bool = True
+    width: int = 64
 
     def __post_init__(self) -> None:
         if self.block not in EXPANSION:
             raise ValueError(f"block must be 'basic' or 'bottleneck', got {self.block!r}")
         object.__setattr__(self, "layers", tuple(int(n) for n in self.layers))
-        if len(self.layers) != len(STAGE_WIDTHS) or min(self.layers) < 1:
+        if len(self.layers) != len(STAGE_MULTIPLIERS) or min(self.layers) < 1:
             raise ValueError(f"layers must be four block counts ≥ 1, got {self.layers}")
-        for name in ("num_classes", "in_channels", "stem_kernel", "stem_stride"):
+        for name in ("num_classes", "in_channels", "stem_kernel", "stem_stride", "width"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+
+    @property
+    def stage_widths(self) -> tuple[int, ...]:
+        return tuple(self.width * m for m in STAGE_MULTIPLIERS)
 
     @classmethod
     def named(cls, arch: str, **overrides) -> ResNetConfig:
@@ -93,7 +100,7 @@ class ResNetConfig:
         conv1 = model.conv1
         if conv1.padding != (conv1.kernel_size[0] // 2,) * 2 or conv1.kernel_size[0] != conv1.kernel_size[1]:
             raise ValueError(f"unsupported stem convolution {conv1}")
-        if isinstance(first, Bottleneck) and first.conv1.out_channels != STAGE_WIDTHS[0]:
+        if isinstance(first, Bottleneck) and first.conv1.out_channels != model.conv1.out_channels:
             raise ValueError("wide ResNets (width_per_group ≠ 64) are not supported by the ResNet recipe")
         return cls(
             block="basic" if isinstance(first, BasicBlock) else "bottleneck",
@@ -103,6 +110,7 @@ class ResNetConfig:
             stem_kernel=conv1.kernel_size[0],
             stem_stride=conv1.stride[0],
             stem_pool=not isinstance(model.maxpool, torch.nn.Identity),
+            width=conv1.out_channels,
         )
 
 
@@ -175,10 +183,11 @@ class ResNet(nnx.Module):
         block = BasicBlock if config.block == "basic" else Bottleneck
         expansion = EXPANSION[config.block]
         k = config.stem_kernel
-        self.conv1 = factory.conv(config.in_channels, STAGE_WIDTHS[0], k, config.stem_stride, k // 2, use_bias=False, rngs=rngs)
-        self.bn1 = _batch_norm(STAGE_WIDTHS[0], rngs)
-        cin = STAGE_WIDTHS[0]
-        for stage, (width, count) in enumerate(zip(STAGE_WIDTHS, config.layers)):
+        widths = config.stage_widths
+        self.conv1 = factory.conv(config.in_channels, widths[0], k, config.stem_stride, k // 2, use_bias=False, rngs=rngs)
+        self.bn1 = _batch_norm(widths[0], rngs)
+        cin = widths[0]
+        for stage, (width, count) in enumerate(zip(widths, config.layers)):
             blocks = []
             for i in range(count):
                 stride = 2 if stage > 0 and i == 0 else 1
@@ -192,7 +201,7 @@ class ResNet(nnx.Module):
         return "resnet"
 
     def stages(self) -> list[nnx.List]:
-        return [getattr(self, f"layer{i}") for i in range(1, len(STAGE_WIDTHS) + 1)]
+        return [getattr(self, f"layer{i}") for i in range(1, len(STAGE_MULTIPLIERS) + 1)]
 
     def __call__(self, x: Array, *, observe: bool = False) -> Array:
         x = jnp.asarray(x)

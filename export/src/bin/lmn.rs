@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -112,11 +113,11 @@ fn inspect(file: &Path) -> Result<(), String> {
 }
 
 fn run(file: &Path, input: &Path, output: &Path, mode: Mode) -> Result<(), String> {
-    let model = Model::open(file).map_err(|e| e.to_string())?;
-    let g = &model.graph;
+    let runtime = Runtime::new(Arc::new(Model::open(file).map_err(|e| e.to_string())?));
+    let g = &runtime.model().graph;
     let wanted: Vec<_> = g.inputs.iter().map(|&i| &g.values[i]).collect();
     let inputs = npy::read_inputs(input, &wanted)?;
-    let outputs = Runtime::new(&model).run(&inputs, mode).map_err(|e| e.to_string())?;
+    let outputs = runtime.run(&inputs, mode).map_err(|e| e.to_string())?;
     let names: Vec<&str> = g.outputs.iter().map(|&o| g.values[o].name.as_str()).collect();
     npy::write_outputs(output, &names, &outputs)
 }
@@ -138,10 +139,9 @@ fn zeros(model: &Model) -> Vec<Array> {
 
 fn bench(file: &Path, iterations: usize) -> Result<(), String> {
     let start = Instant::now();
-    let model = Model::open(file).map_err(|e| e.to_string())?;
+    let runtime = Runtime::new(Arc::new(Model::open(file).map_err(|e| e.to_string())?));
     let open = start.elapsed();
-    let runtime = Runtime::new(&model);
-    let inputs = zeros(&model);
+    let inputs = zeros(runtime.model());
     let start = Instant::now();
     runtime.run(&inputs, Mode::Ideal).map_err(|e| e.to_string())?;
     let first = start.elapsed();

@@ -12,6 +12,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 
 RUST_SOURCES := Cargo.toml Cargo.lock $(shell find native bridge export -name '*.rs' -o -name Cargo.toml)
+# The lmn command lands in target/release/lmn (lumijax.runtime.lmn_binary finds it).
 BUILD_STAMP := $(VENV)/.built-torch-test
 BENCH_STAMP := $(VENV)/.built-bench
 
@@ -23,6 +24,7 @@ $(PY):
 
 $(BUILD_STAMP): $(PY) pyproject.toml $(RUST_SOURCES)
 	maturin develop --release --extras torch,test
+	cargo build --release --locked -p lumijax-export --bin lmn
 	touch $@
 
 $(BENCH_STAMP): $(BUILD_STAMP)

@@ -182,6 +182,7 @@ def _tensors(header: dict, data_len: int) -> dict[str, dict]:
         expected = ELEMENT_SIZE[dtype]
         for d in shape:
             expected *= d
+        _expect(expected < 2**64, f"{where}: the size of shape {list(shape)} overflows")
         _expect(expected == nbytes, f"{where}: nbytes {nbytes} but shape {list(shape)} of {dtype} needs {expected}")
         _expect(offset % ALIGN == 0, f"{where}: offset {offset} is not a multiple of {ALIGN}")
         _expect(offset + nbytes <= data_len, f"{where}: bytes {offset}..{offset + nbytes} lie outside the data section of {data_len} bytes")

@@ -375,7 +375,7 @@ fn infer(ctx: &NodeCtx, ins: &[&ValueInfo]) -> Result<(Op, Vec<usize>, Dtype), F
             let heads = ctx.uint(ctx.attr("heads")?, "heads")?;
             let scale = ctx.float(ctx.attr("scale")?, "scale")? as f32;
             let core = ctx.core()?;
-            if heads == 0 || x.shape[2] % 3 != 0 || (x.shape[2] / 3) % heads != 0 {
+            if heads == 0 || !x.shape[2].is_multiple_of(3) || !(x.shape[2] / 3).is_multiple_of(heads) {
                 return Err(ctx.err(format!("qkv width {} is not 3·heads·head_dim for {heads} heads", x.shape[2])));
             }
             Ok((Op::CausalAttention { heads, scale, core }, vec![x.shape[0], x.shape[1], x.shape[2] / 3], F32))

@@ -118,7 +118,7 @@ impl Model {
             .iter()
             .enumerate()
             .map(|(i, &c)| {
-                let row = if cols == 0 { 0 } else { i / cols };
+                let row = i.checked_div(cols).unwrap_or(0);
                 match lut {
                     Some(lut) => scale[row] * lut[(c as i32 - qmin) as usize],
                     None => scale[row] * (c as i32 - zero[row]) as f32,

@@ -161,3 +161,52 @@ pub fn product(
     fake_quant(&mut y, y_range, core.output_bits);
     Ok(y)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lorentzian_bank(n: usize, spacing_over_width: f64) -> Vec<f32> {
+        (0..n * n)
+            .map(|idx| {
+                let d = (idx / n) as f64 - (idx % n) as f64;
+                let x = 2.0 * d * spacing_over_width;
+                (1.0 / (1.0 + x * x)) as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn inverse_inverts() {
+        let a: Vec<f64> = lorentzian_bank(5, 0.7).into_iter().map(f64::from).collect();
+        let inv = inverse(&a, 5).unwrap();
+        for i in 0..5 {
+            for j in 0..5 {
+                let v: f64 = (0..5).map(|k| a[i * 5 + k] * inv[k * 5 + j]).sum();
+                assert!((v - if i == j { 1.0 } else { 0.0 }).abs() < 1e-12);
+            }
+        }
+        assert!(inverse(&[1.0, 2.0, 2.0, 4.0], 2).is_err());
+    }
+
+    #[test]
+    fn compensation_undoes_the_coupling_on_every_tile() {
+        let (n, rows, k) = (4, 3, 10); // two full tiles and a tail of 2
+        let m = lorentzian_bank(n, 0.8);
+        let w: Vec<f32> = (0..rows * k).map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0).collect();
+        let compensated = program(&w, rows, k, &m, Some(&m)).unwrap();
+        compensated.effective.iter().zip(&w).for_each(|(e, w)| assert!((e - w).abs() < 1e-5, "{e} vs {w}"));
+        let coupled = program(&w, rows, k, &m, None).unwrap();
+        // without compensation, input i of a tile leaks into its neighbours: W_eff = W·Mᵀ
+        let expected: f32 = (0..n).map(|j| w[j] * m[j]).sum(); // row 0, slot 0: Σ_j w_j·M[0, j]
+        assert!((coupled.effective[0] - expected).abs() < 1e-6);
+        assert_eq!(coupled.row_full_scale[0], w[..k].iter().fold(0.0f32, |a, v| a.max(v.abs())));
+    }
+
+    #[test]
+    fn fake_quant_rounds_half_to_even_and_clips() {
+        let mut x = vec![0.5, 1.5, 2.5, -2.5, 200.0, -200.0];
+        fake_quant(&mut x, 127.0, 8); // step 1
+        assert_eq!(x, vec![0.0, 2.0, 2.0, -2.0, 127.0, -128.0]);
+    }
+}

@@ -151,7 +151,7 @@ impl Runtime {
     }
 
     /// `x·Wᵀ` of a weight layer, on the core in hardware modes.
-    fn weight_product(&self, index: usize, x: &[f32], rows: usize, k: usize, out: usize, weight: &str, core: &Core, mode: Mode) -> Result<Vec<f32>, String> {
+    fn weight_product(&self, index: usize, x: &[f32], (rows, k, out): (usize, usize, usize), weight: &str, core: &Core, mode: Mode) -> Result<Vec<f32>, String> {
         let w = self.weight(weight);
         if mode == Mode::Ideal {
             let mut y = vec![0.0f32; rows * out];
@@ -223,7 +223,7 @@ impl Runtime {
                 let k = *x_shape.last().unwrap_or(&0);
                 let rows = xs.len() / k.max(1);
                 let n = *shape.last().unwrap_or(&0);
-                let mut y = self.weight_product(index, &xs, rows, k, n, weight, core, mode)?;
+                let mut y = self.weight_product(index, &xs, (rows, k, n), weight, core, mode)?;
                 if let Some(b) = bias {
                     add_rows(&mut y, m.f32s(b));
                 }
@@ -234,7 +234,7 @@ impl Runtime {
                 let cols = patches(&xs, &x_shape, *kernel, *stride, *padding, [shape[1], shape[2]]);
                 let k = kernel[0] * kernel[1] * x_shape[3];
                 let rows = shape[0] * shape[1] * shape[2];
-                let mut y = self.weight_product(index, &cols, rows, k, shape[3], weight, core, mode)?;
+                let mut y = self.weight_product(index, &cols, (rows, k, shape[3]), weight, core, mode)?;
                 if let Some(b) = bias {
                     add_rows(&mut y, m.f32s(b));
                 }

@@ -16,7 +16,7 @@ RUST_SOURCES := Cargo.toml Cargo.lock $(shell find native bridge export -name '*
 BUILD_STAMP := $(VENV)/.built-torch-test
 BENCH_STAMP := $(VENV)/.built-bench
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench fuzz clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ test: $(BUILD_STAMP)
 
 bench: $(BENCH_STAMP)
 	for bench in benchmarks/bench_*.py; do echo "== $$bench"; $(PY) "$$bench"; done
+
+# A million mutated .lmn files through the reader and the runtime (not part of test).
+fuzz:
+	cargo run --release --locked -p lumijax-export --example fuzz -- $${FUZZ_ITERATIONS:-1000000} $${FUZZ_SEED:-0}
 
 clean:
 	rm -rf $(VENV) target out

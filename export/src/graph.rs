@@ -14,6 +14,9 @@ use crate::error::FormatError;
 use crate::header::{GraphDef, NodeDef};
 use crate::tensor::{Dtype, TensorInfo};
 
+/// Largest value a graph may declare, in elements (1 GiB of f32).
+pub const MAX_VALUE_ELEMENTS: usize = 1 << 28;
+
 /// A value the graph takes or computes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ValueInfo {
@@ -282,6 +285,9 @@ fn infer(ctx: &NodeCtx, ins: &[&ValueInfo]) -> Result<(Op, Vec<usize>, Dtype), F
             float_in(x)?;
             rank(x, 4)?;
             let (kernel, stride, padding) = (ctx.pair("kernel")?, ctx.pair("stride")?, ctx.padding("padding")?);
+            if padding[0].iter().any(|&p| p >= kernel[0]) || padding[1].iter().any(|&p| p >= kernel[1]) {
+                return Err(ctx.err("padding must be smaller than the kernel"));
+            }
             let fan_in = kernel[0].checked_mul(kernel[1]).and_then(|k| k.checked_mul(x.shape[3])).ok_or_else(|| ctx.err("kernel size overflows"))?;
             let weight = ctx.param("weight", &[F32, I8])?;
             let bias = ctx.optional_param("bias", &[F32])?;
@@ -401,8 +407,9 @@ impl Graph {
             };
             let shape: Vec<usize> = v.shape.iter().map(|&d| usize::try_from(d)).collect::<Result<_, _>>()
                 .map_err(|_| FormatError::Graph(format!("value {:?}: dimension too large", v.name)))?;
-            if shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).and_then(|n| n.checked_mul(4)).is_none() {
-                return Err(FormatError::Graph(format!("value {:?}: the size of shape {shape:?} overflows", v.name)));
+            match shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) {
+                Some(n) if n <= MAX_VALUE_ELEMENTS => {}
+                _ => return Err(FormatError::Graph(format!("value {:?}: shape {shape:?} holds more than {MAX_VALUE_ELEMENTS} elements", v.name))),
             }
             if index.insert(v.name.clone(), values.len()).is_some() {
                 return Err(FormatError::Graph(format!("value {:?} is declared twice", v.name)));

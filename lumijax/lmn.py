@@ -253,6 +253,8 @@ def _graph(header: dict, tensors: dict[str, dict]) -> None:
         for role, ref in params.items():
             _expect(role in required + optional, f"{where}: {op} has no param {role!r}")
             _expect(ref in tensors, f"{where}: param {role!r} names tensor {ref!r}, which the file does not hold")
+            _expect(tensors[ref]["dtype"] == "f32" or (role == "weight" and tensors[ref]["quant"] is not None),
+                    f"{where}: param {role!r} ({ref!r}) must be f32, or i8 codes with quant (codes without quant cannot be read)")
         attrs = _map(node.get("attrs"), f"{where}.attrs")
         _expect(len(attrs) <= MAX_ATTRS, f"{where}: more than {MAX_ATTRS} attributes")
         for attr in attrs_needed:

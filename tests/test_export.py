@@ -193,6 +193,7 @@ def hostile(resnet_blob: bytes) -> dict[str, tuple[bytes, str, str]]:
         "unknown op": (edited(resnet_blob, lambda h: node(h, "relu").update(op="softplus")), "unknown op", "unknown op"),
         "missing param": (edited(resnet_blob, lambda h: node(h, "scale_shift")["params"].pop("shift")), "needs param 'shift'", "needs param \"shift\""),
         "missing tensor": (edited(resnet_blob, lambda h: node(h, "linear")["params"].update(bias="nowhere")), "does not hold", "does not hold"),
+        "codes without quantization": (edited(resnet_blob, lambda h: tensor(h, "conv1.weight").pop("quant")), "codes without quant", "no quant"),
         "code out of range": (edited(resnet_blob, lambda h: tensor(h, "conv1.weight")["quant"].update(bits=1)), "codes outside", "codes outside"),
     }
     return cases

@@ -217,7 +217,12 @@ fn check_slot_order(ctx: &NodeCtx, core: &Core, fan_in: usize) -> Result<(), For
     Ok(())
 }
 
+/// A weight `(out, cols)`: f32, or i8 codes with their quantization.
 fn weight_shape(ctx: &NodeCtx, weight: &str, rows: Option<usize>, cols: usize) -> Result<usize, FormatError> {
+    let t = &ctx.tensors[weight];
+    if t.dtype == Dtype::I8 && t.quant.is_none() {
+        return Err(ctx.err(format!("weight {weight:?} holds i8 codes but no quant to read them with")));
+    }
     match ctx.shape_of(weight) {
         &[out, k] if k == cols && rows.is_none_or(|r| r == out) => Ok(out),
         s => Err(ctx.err(format!("weight {weight:?} has shape {s:?}, expected (out, {cols})"))),

@@ -29,6 +29,7 @@ $(BUILD_STAMP): $(PY) pyproject.toml $(RUST_SOURCES)
 
 $(BENCH_STAMP): $(BUILD_STAMP)
 	maturin develop --release --extras torch,test,bench
+	cargo build --release --locked -p lumijax-export --bin lmn
 	touch $@
 
 demo: $(BUILD_STAMP)

@@ -1,6 +1,7 @@
 //! A validated `.lmn` file: preamble, header, tensor table, checksum,
 //! contents and graph, checked in that order before anything runs.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
@@ -104,10 +105,11 @@ impl Model {
         tensor::i32s(self.data(), &self.tensors[name])
     }
 
-    /// A weight tensor as f32 values: as stored, or its codes dequantized.
-    pub fn weights(&self, name: &str) -> Vec<f32> {
+    /// A weight tensor as f32 values: in place when stored as f32, its codes
+    /// dequantized otherwise.
+    pub fn weights(&self, name: &str) -> Cow<'_, [f32]> {
         let t = &self.tensors[name];
-        let Some(q) = &t.quant else { return self.f32s(name).to_vec() };
+        let Some(q) = &t.quant else { return Cow::Borrowed(self.f32s(name)) };
         let codes = tensor::i8s(self.data(), t);
         let scale = self.f32s(&q.scale);
         let zero = self.i32s(&q.zero_point);
@@ -124,6 +126,7 @@ impl Model {
                     None => scale[row] * (c as i32 - zero[row]) as f32,
                 }
             })
-            .collect()
+            .collect::<Vec<f32>>()
+            .into()
     }
 }

@@ -5,6 +5,7 @@ use lumijax_native::gemm::{batched_matmul, MatmulShape, Op as GemmOp};
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
+use rayon::prelude::*;
 
 use crate::graph::Core;
 
@@ -99,9 +100,33 @@ fn block(matrix: &[f32], n: usize, len: usize) -> Vec<f64> {
     (0..len * len).map(|idx| f64::from(matrix[(idx / len) * n + idx % len])).collect()
 }
 
+/// `(rows, cols)` row-major → `(cols, rows)` row-major, in cache-sized
+/// tiles, output row blocks in parallel.
+pub fn transposed(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    let mut out = vec![0.0f32; w.len()];
+    if rows == 0 || cols == 0 {
+        return out;
+    }
+    out.par_chunks_mut(TILE * rows).enumerate().for_each(|(block, dst)| {
+        let c0 = block * TILE;
+        let width = dst.len() / rows;
+        for r0 in (0..rows).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                let src = &w[r * cols + c0..r * cols + c0 + width];
+                for (c, &v) in src.iter().enumerate() {
+                    dst[c * rows + r] = v;
+                }
+            }
+        }
+    });
+    out
+}
+
 /// Programmed and effective weights of a `(rows, k)` matrix on a bank.
 pub struct Programmed {
-    pub effective: Vec<f32>,
+    /// `W_effᵀ`, `(k, rows)`: the GEMM reads it with unit stride.
+    pub effective_t: Vec<f32>,
     /// `max_i |W_prog[o, i]|` per row, the full scale of the noise.
     pub row_full_scale: Vec<f32>,
 }
@@ -124,7 +149,7 @@ pub fn program(w: &[f32], rows: usize, k: usize, coupling: &[f32], compensation:
     };
     let effective = per_tile(&programmed, rows, k, n, |len| block(coupling, n, len));
     let row_full_scale = programmed.chunks_exact(k.max(1)).map(max_abs).collect();
-    Ok(Programmed { effective, row_full_scale })
+    Ok(Programmed { effective_t: transposed(&effective, rows, k), row_full_scale })
 }
 
 /// `y = ADC(DAC(x)·W_effᵀ + noise)` for `x` `(rows, k)` already in slot order.
@@ -144,7 +169,7 @@ pub fn product(
     let x_range = core.input_range.unwrap_or_else(|| max_abs(x));
     fake_quant(&mut xq, x_range, core.input_bits);
     let mut y = vec![0.0f32; rows * out];
-    gemm(&xq, &weights.effective, &mut y, 1, (rows, k, out), true)?;
+    gemm(&xq, &weights.effective_t, &mut y, 1, (rows, k, out), false)?;
     if let Mode::Noisy { seed } = mode {
         let tiles = k.div_ceil(num_channels.max(1)) as f64;
         let base = (tiles / core.snr).sqrt() as f32 * x_range;
@@ -195,12 +220,26 @@ mod tests {
         let m = lorentzian_bank(n, 0.8);
         let w: Vec<f32> = (0..rows * k).map(|i| ((i * 7 % 11) as f32 - 5.0) / 5.0).collect();
         let compensated = program(&w, rows, k, &m, Some(&m)).unwrap();
-        compensated.effective.iter().zip(&w).for_each(|(e, w)| assert!((e - w).abs() < 1e-5, "{e} vs {w}"));
+        let effective = transposed(&compensated.effective_t, k, rows);
+        effective.iter().zip(&w).for_each(|(e, w)| assert!((e - w).abs() < 1e-5, "{e} vs {w}"));
         let coupled = program(&w, rows, k, &m, None).unwrap();
         // without compensation, input i of a tile leaks into its neighbours: W_eff = W·Mᵀ
         let expected: f32 = (0..n).map(|j| w[j] * m[j]).sum(); // row 0, slot 0: Σ_j w_j·M[0, j]
-        assert!((coupled.effective[0] - expected).abs() < 1e-6);
+        assert!((coupled.effective_t[0] - expected).abs() < 1e-6);
         assert_eq!(coupled.row_full_scale[0], w[..k].iter().fold(0.0f32, |a, v| a.max(v.abs())));
+    }
+
+    #[test]
+    fn transposes_any_shape() {
+        for (rows, cols) in [(1, 1), (3, 70), (70, 3), (33, 65), (0, 4)] {
+            let w: Vec<f32> = (0..rows * cols).map(|i| i as f32).collect();
+            let t = transposed(&w, rows, cols);
+            for r in 0..rows {
+                for c in 0..cols {
+                    assert_eq!(t[c * rows + r], w[r * cols + c]);
+                }
+            }
+        }
     }
 
     #[test]

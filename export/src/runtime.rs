@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
 use lumijax_native::softmax::{causal_softmax_forward, CausalShape};
+use rayon::prelude::*;
 
 use crate::error::RunError;
 use crate::graph::{Core, Op, Step};
@@ -46,12 +47,12 @@ impl Array {
     }
 }
 
-/// A model ready to run: quantized weights dequantized once (f32 weights are
-/// read in place), and programmed onto their banks on the first run in a
-/// hardware mode.
+/// A model ready to run: weights dequantized and transposed to `(in, out)`
+/// once (the GEMM reads them with unit stride), and programmed onto their
+/// banks on the first run in a hardware mode.
 pub struct Runtime {
     model: Arc<Model>,
-    dequantized: HashMap<String, Vec<f32>>,
+    kernels: HashMap<String, Vec<f32>>,
     programmed: Vec<OnceLock<Result<Programmed, String>>>,
     num_channels: usize,
     last_use: Vec<usize>,
@@ -83,7 +84,7 @@ fn patches(x: &[f32], shape: &[usize], kernel: [usize; 2], stride: [usize; 2], p
     let (n, h, w, c) = (shape[0], shape[1], shape[2], shape[3]);
     let width = kernel[0] * kernel[1] * c;
     let mut out = vec![0.0f32; n * out_hw[0] * out_hw[1] * width];
-    for (p, row) in out.chunks_exact_mut(width.max(1)).enumerate() {
+    out.par_chunks_mut(width.max(1)).enumerate().for_each(|(p, row)| {
         let (b, oy, ox) = (p / (out_hw[0] * out_hw[1]), (p / out_hw[1]) % out_hw[0], p % out_hw[1]);
         for ky in 0..kernel[0] {
             let iy = (oy * stride[0] + ky) as isize - padding[0][0] as isize;
@@ -100,7 +101,7 @@ fn patches(x: &[f32], shape: &[usize], kernel: [usize; 2], stride: [usize; 2], p
                 row[dst..dst + c].copy_from_slice(&x[src..src + c]);
             }
         }
-    }
+    });
     out
 }
 
@@ -115,11 +116,12 @@ fn gelu(x: f32, tanh: bool) -> f32 {
 
 impl Runtime {
     pub fn new(model: Arc<Model>) -> Runtime {
-        let mut dequantized = HashMap::new();
+        let mut kernels = HashMap::new();
         for step in &model.graph.steps {
             if let Op::Linear { weight, .. } | Op::Conv2d { weight, .. } = &step.op {
-                if model.tensors[weight].quant.is_some() && !dequantized.contains_key(weight) {
-                    dequantized.insert(weight.clone(), model.weights(weight));
+                if !kernels.contains_key(weight) {
+                    let shape = &model.tensors[weight].shape;
+                    kernels.insert(weight.clone(), photonic::transposed(&model.weights(weight), shape[0], shape[1]));
                 }
             }
         }
@@ -134,7 +136,7 @@ impl Runtime {
         }
         let num_channels = model.header.hardware.get("num_channels").and_then(|v| v.as_u64()).unwrap_or(16) as usize;
         let programmed = (0..model.graph.steps.len()).map(|_| OnceLock::new()).collect();
-        Runtime { model, dequantized, programmed, num_channels, last_use }
+        Runtime { model, kernels, programmed, num_channels, last_use }
     }
 
     /// The validated model this runtime runs.
@@ -142,9 +144,6 @@ impl Runtime {
         &self.model
     }
 
-    fn weight(&self, name: &str) -> &[f32] {
-        self.dequantized.get(name).map_or_else(|| self.model.f32s(name), Vec::as_slice)
-    }
 
     fn bank(&self, core: &Core) -> (&[f32], Option<&[f32]>) {
         (self.model.f32s(&core.coupling), core.compensation.as_ref().map(|c| self.model.f32s(c)))
@@ -152,15 +151,15 @@ impl Runtime {
 
     /// `x·Wᵀ` of a weight layer, on the core in hardware modes.
     fn weight_product(&self, index: usize, x: &[f32], (rows, k, out): (usize, usize, usize), weight: &str, core: &Core, mode: Mode) -> Result<Vec<f32>, String> {
-        let w = self.weight(weight);
         if mode == Mode::Ideal {
             let mut y = vec![0.0f32; rows * out];
-            gemm(x, w, &mut y, 1, (rows, k, out), true)?;
+            gemm(x, &self.kernels[weight], &mut y, 1, (rows, k, out), false)?;
             return Ok(y);
         }
         let programmed = self.programmed[index].get_or_init(|| {
             let (coupling, compensation) = self.bank(core);
-            photonic::program(&in_slots(w, k, &core.slot_order), out, k, coupling, compensation)
+            let w = self.model.weights(weight);
+            photonic::program(&in_slots(&w, k, &core.slot_order), out, k, coupling, compensation)
         });
         let programmed = programmed.as_ref().map_err(|e| e.clone())?;
         photonic::product(&in_slots(x, k, &core.slot_order), rows, k, programmed, out, core, self.num_channels, mode, stream(index, 0, 0))
@@ -184,36 +183,36 @@ impl Runtime {
             values[v] = Some(input.clone());
         }
         for (i, step) in graph.steps.iter().enumerate() {
-            let out = self
-                .step(i, step, &values, mode)
-                .map_err(|reason| RunError::Node { node: step.name.clone(), reason })?;
-            values[step.output] = Some(out);
-            for &v in &step.inputs {
-                if self.last_use[v] == i {
-                    values[v] = None;
-                }
+            let fail = |reason: String| RunError::Node { node: step.name.clone(), reason };
+            // An input seen for the last time moves into the op; others are copied.
+            let mut ins = Vec::with_capacity(step.inputs.len());
+            for (k, &v) in step.inputs.iter().enumerate() {
+                let last = self.last_use[v] == i && !step.inputs[k + 1..].contains(&v);
+                let value = if last { values[v].take() } else { values[v].clone() };
+                ins.push(value.ok_or_else(|| fail("an input was freed early".into()))?);
             }
+            values[step.output] = Some(self.step(i, step, ins, mode).map_err(fail)?);
         }
         graph.outputs.iter().map(|&o| values[o].clone().ok_or_else(|| RunError::Node { node: graph.values[o].name.clone(), reason: "never computed".into() })).collect()
     }
 
-    fn step(&self, index: usize, step: &Step, values: &[Option<Array>], mode: Mode) -> Result<Array, String> {
+    fn step(&self, index: usize, step: &Step, ins: Vec<Array>, mode: Mode) -> Result<Array, String> {
         let graph = &self.model.graph;
         let shape = graph.values[step.output].shape.clone();
-        let input = |k: usize| values[step.inputs[k]].as_ref().ok_or_else(|| "an input was freed early".to_string());
-        let x = input(0)?;
+        let mut ins = ins.into_iter();
+        let x = ins.next().ok_or("an op without inputs")?;
         let x_shape = x.shape().to_vec();
-        let floats = |a: &'_ Array| -> Result<Vec<f32>, String> {
+        let floats = |a: Array| -> Result<Vec<f32>, String> {
             match a {
-                Array::F32 { data, .. } => Ok(data.clone()),
+                Array::F32 { data, .. } => Ok(data),
                 Array::I32 { .. } => Err("expects f32 input".into()),
             }
         };
         let m = &*self.model;
         let data: Vec<f32> = match &step.op {
-            Op::Transpose { perm } => return Ok(transpose(x, perm)),
+            Op::Transpose { perm } => return Ok(transpose(&x, perm)),
             Op::Reshape { .. } => {
-                return Ok(match x.clone() {
+                return Ok(match x {
                     Array::F32 { data, .. } => Array::F32 { shape, data },
                     Array::I32 { data, .. } => Array::I32 { shape, data },
                 })
@@ -231,7 +230,9 @@ impl Runtime {
             }
             Op::Conv2d { weight, bias, kernel, stride, padding, core } => {
                 let xs = floats(x)?;
-                let cols = patches(&xs, &x_shape, *kernel, *stride, *padding, [shape[1], shape[2]]);
+                // A 1×1 stride-1 convolution reads the image as its own patch matrix.
+                let pointwise = *kernel == [1, 1] && *stride == [1, 1];
+                let cols = if pointwise { xs } else { patches(&xs, &x_shape, *kernel, *stride, *padding, [shape[1], shape[2]]) };
                 let k = kernel[0] * kernel[1] * x_shape[3];
                 let rows = shape[0] * shape[1] * shape[2];
                 let mut y = self.weight_product(index, &cols, (rows, k, shape[3]), weight, core, mode)?;
@@ -250,11 +251,21 @@ impl Runtime {
                 }
                 y
             }
-            Op::Relu => floats(x)?.into_iter().map(|v| v.max(0.0)).collect(),
-            Op::Gelu { tanh } => floats(x)?.into_iter().map(|v| gelu(v, *tanh)).collect(),
+            Op::Relu => {
+                let mut y = floats(x)?;
+                y.iter_mut().for_each(|v| *v = v.max(0.0));
+                y
+            }
+            Op::Gelu { tanh } => {
+                let mut y = floats(x)?;
+                y.iter_mut().for_each(|v| *v = gelu(*v, *tanh));
+                y
+            }
             Op::Add => {
-                let b = floats(input(1)?)?;
-                floats(x)?.into_iter().zip(b).map(|(a, b)| a + b).collect()
+                let b = floats(ins.next().ok_or("add takes two inputs")?)?;
+                let mut y = floats(x)?;
+                y.iter_mut().zip(b).for_each(|(a, b)| *a += b);
+                y
             }
             Op::MaxPool2d { window, stride, padding } => max_pool(&floats(x)?, &x_shape, *window, *stride, *padding, &shape),
             Op::GlobalAvgPool => {
@@ -271,11 +282,11 @@ impl Runtime {
                 y
             }
             Op::Embedding { table } => {
-                let Array::I32 { data: ids, .. } = x else { return Err("ids must be i32".into()) };
+                let Array::I32 { data: ids, .. } = &x else { return Err("ids must be i32".into()) };
                 let t = m.f32s(table);
                 let (vocab, width) = (m.tensors[table].shape[0], m.tensors[table].shape[1]);
                 let mut y = Vec::with_capacity(ids.len() * width);
-                for &id in ids {
+                for &id in ids.iter() {
                     let row = usize::try_from(id).ok().filter(|&r| r < vocab).ok_or_else(|| format!("token id {id} is outside the vocabulary of {vocab}"))?;
                     y.extend_from_slice(&t[row * width..(row + 1) * width]);
                 }

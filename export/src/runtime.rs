@@ -78,31 +78,84 @@ fn add_rows(y: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// im2col for NHWC: one row per output pixel, (kernel row, kernel column,
-/// channel) with the channel fastest; padding is zero.
-fn patches(x: &[f32], shape: &[usize], kernel: [usize; 2], stride: [usize; 2], padding: [[usize; 2]; 2], out_hw: [usize; 2]) -> Vec<f32> {
-    let (n, h, w, c) = (shape[0], shape[1], shape[2], shape[3]);
-    let width = kernel[0] * kernel[1] * c;
-    let mut out = vec![0.0f32; n * out_hw[0] * out_hw[1] * width];
-    out.par_chunks_mut(width.max(1)).enumerate().for_each(|(p, row)| {
-        let (b, oy, ox) = (p / (out_hw[0] * out_hw[1]), (p / out_hw[1]) % out_hw[0], p % out_hw[1]);
-        for ky in 0..kernel[0] {
-            let iy = (oy * stride[0] + ky) as isize - padding[0][0] as isize;
-            if iy < 0 || iy >= h as isize {
-                continue;
-            }
-            for kx in 0..kernel[1] {
-                let ix = (ox * stride[1] + kx) as isize - padding[1][0] as isize;
-                if ix < 0 || ix >= w as isize {
+/// The geometry of a convolution on an NHWC image.
+#[derive(Clone, Copy)]
+struct ConvGeometry<'a> {
+    shape: &'a [usize],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [[usize; 2]; 2],
+    out_hw: [usize; 2],
+}
+
+impl ConvGeometry<'_> {
+    fn width(&self) -> usize {
+        self.kernel[0] * self.kernel[1] * self.shape[3]
+    }
+
+    /// im2col rows `first..` into `rows` (one row per output pixel: kernel
+    /// row, kernel column, channel, with the channel fastest); padding is zero.
+    fn fill(&self, x: &[f32], first: usize, rows: &mut [f32]) {
+        let (h, w, c) = (self.shape[1], self.shape[2], self.shape[3]);
+        let [oh, ow] = self.out_hw;
+        rows.fill(0.0);
+        for (i, row) in rows.chunks_exact_mut(self.width().max(1)).enumerate() {
+            let p = first + i;
+            let (b, oy, ox) = (p / (oh * ow), (p / ow) % oh, p % ow);
+            for ky in 0..self.kernel[0] {
+                let iy = (oy * self.stride[0] + ky) as isize - self.padding[0][0] as isize;
+                if iy < 0 || iy >= h as isize {
                     continue;
                 }
-                let src = ((b * h + iy as usize) * w + ix as usize) * c;
-                let dst = (ky * kernel[1] + kx) * c;
-                row[dst..dst + c].copy_from_slice(&x[src..src + c]);
+                for kx in 0..self.kernel[1] {
+                    let ix = (ox * self.stride[1] + kx) as isize - self.padding[1][0] as isize;
+                    if ix < 0 || ix >= w as isize {
+                        continue;
+                    }
+                    let src = ((b * h + iy as usize) * w + ix as usize) * c;
+                    let dst = (ky * self.kernel[1] + kx) * c;
+                    row[dst..dst + c].copy_from_slice(&x[src..src + c]);
+                }
             }
         }
-    });
-    out
+    }
+
+    /// Output pixels per block: about 1 MiB of patches, so that a block's
+    /// patches stay in cache between im2col and the GEMM, and at least 256
+    /// rows, so that the weights are not streamed once per handful of pixels.
+    fn block(&self) -> usize {
+        ((1usize << 18) / self.width().max(1)).max(256)
+    }
+
+    /// The whole patch matrix (for the hardware modes, whose converters see
+    /// all of it).
+    fn patches(&self, x: &[f32], rows: usize) -> Vec<f32> {
+        let width = self.width();
+        let mut out = vec![0.0f32; rows * width];
+        let block = self.block();
+        out.par_chunks_mut((block * width).max(1)).enumerate().for_each(|(i, chunk)| self.fill(x, i * block, chunk));
+        out
+    }
+
+    /// `patches·K` block by block, `kernel_t` `(width, cout)`; a patch
+    /// matrix that fits a few MiB is one block, the GEMM threading itself.
+    fn product(&self, x: &[f32], rows: usize, kernel_t: &[f32], cout: usize) -> Result<Vec<f32>, String> {
+        let width = self.width();
+        if rows * width <= 1 << 21 {
+            let mut y = vec![0.0f32; rows * cout];
+            gemm(&self.patches(x, rows), kernel_t, &mut y, 1, (rows, width, cout), false)?;
+            return Ok(y);
+        }
+        let block = self.block();
+        let mut y = vec![0.0f32; rows * cout];
+        y.par_chunks_mut((block * cout).max(1)).enumerate().try_for_each(|(i, out)| {
+            let count = out.len() / cout.max(1);
+            let mut patches = vec![0.0f32; count * width];
+            self.fill(x, i * block, &mut patches);
+            gemm(&patches, kernel_t, out, 1, (count, width, cout), false)
+        })?;
+        Ok(y)
+    }
 }
 
 fn gelu(x: f32, tanh: bool) -> f32 {
@@ -230,12 +283,17 @@ impl Runtime {
             }
             Op::Conv2d { weight, bias, kernel, stride, padding, core } => {
                 let xs = floats(x)?;
+                let geometry = ConvGeometry { shape: &x_shape, kernel: *kernel, stride: *stride, padding: *padding, out_hw: [shape[1], shape[2]] };
+                let (k, rows) = (geometry.width(), shape[0] * shape[1] * shape[2]);
                 // A 1×1 stride-1 convolution reads the image as its own patch matrix.
                 let pointwise = *kernel == [1, 1] && *stride == [1, 1];
-                let cols = if pointwise { xs } else { patches(&xs, &x_shape, *kernel, *stride, *padding, [shape[1], shape[2]]) };
-                let k = kernel[0] * kernel[1] * x_shape[3];
-                let rows = shape[0] * shape[1] * shape[2];
-                let mut y = self.weight_product(index, &cols, (rows, k, shape[3]), weight, core, mode)?;
+                let mut y = if pointwise {
+                    self.weight_product(index, &xs, (rows, k, shape[3]), weight, core, mode)?
+                } else if mode == Mode::Ideal {
+                    geometry.product(&xs, rows, &self.kernels[weight], shape[3])?
+                } else {
+                    self.weight_product(index, &geometry.patches(&xs, rows), (rows, k, shape[3]), weight, core, mode)?
+                };
                 if let Some(b) = bias {
                     add_rows(&mut y, m.f32s(b));
                 }

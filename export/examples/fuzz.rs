@@ -30,7 +30,7 @@ fn below(rng: &mut ChaCha8Rng, n: usize) -> usize {
 
 fn position(rng: &mut ChaCha8Rng, bytes: &[u8]) -> usize {
     let header_end = bytes.get(8..16).map_or(16, |b| 16 + u64::from_le_bytes(b.try_into().unwrap()).min(1 << 20) as usize);
-    if rng.next_u32() % 5 != 0 { below(rng, header_end.min(bytes.len())) } else { below(rng, bytes.len()) }
+    if !rng.next_u32().is_multiple_of(5) { below(rng, header_end.min(bytes.len())) } else { below(rng, bytes.len()) }
 }
 
 fn mutate(rng: &mut ChaCha8Rng, bytes: &mut Vec<u8>) {

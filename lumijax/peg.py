@@ -106,8 +106,8 @@ class _Builder:
         return name
 
     def node(self, name: str, op: str, inputs: Sequence[str], shape: Sequence[int], *, params=None, attrs=None, dtype="f32") -> str:
-        if any(n.name == name for n in self.nodes):
-            raise ExportError(f"two nodes named {name!r}")
+        if name in self.values:
+            raise ExportError(f"two values named {name!r}")
         out = name
         self.values[out] = Value(out, dtype, tuple(int(d) for d in shape))
         self.nodes.append(Node(name, op, tuple(inputs), (out,), dict(params or {}), dict(attrs or {})))

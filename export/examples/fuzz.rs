@@ -14,8 +14,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lumijax_export::tensor::Dtype;
-use lumijax_export::{Array, Mode, Model, Runtime};
+use lumijax_export::{Mode, Model, Runtime};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -72,21 +71,6 @@ fn mutate(rng: &mut ChaCha8Rng, bytes: &mut Vec<u8>) {
     }
 }
 
-fn zeros(model: &Model) -> Vec<Array> {
-    let g = &model.graph;
-    g.inputs
-        .iter()
-        .map(|&i| {
-            let v = &g.values[i];
-            let n = v.shape.iter().product();
-            match v.dtype {
-                Dtype::I32 => Array::I32 { shape: v.shape.clone(), data: vec![0; n] },
-                _ => Array::F32 { shape: v.shape.clone(), data: vec![0.0; n] },
-            }
-        })
-        .collect()
-}
-
 fn peak_rss_kb() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -111,8 +95,8 @@ fn main() {
         let t = Instant::now();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             let Ok(model) = Model::from_bytes(&bytes) else { return (false, false) };
-            let inputs = zeros(&model);
             let runtime = Runtime::new(Arc::new(model));
+            let inputs = runtime.zero_inputs();
             let mode = if i % 4 == 0 { Mode::Noisy { seed: i } } else { Mode::Ideal };
             (true, runtime.run(&inputs, mode).is_ok())
         }));

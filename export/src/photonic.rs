@@ -80,10 +80,15 @@ fn inverse(a: &[f64], n: usize) -> Result<Vec<f64>, String> {
 /// the `n×n` `matrix` for each tile of `n` inputs.
 fn per_tile(w: &[f32], rows: usize, k: usize, n: usize, matrix: impl Fn(usize) -> Vec<f64>) -> Vec<f32> {
     let mut out = vec![0.0f32; w.len()];
+    let full = matrix(n.min(k));
+    let tail = (k > n && !k.is_multiple_of(n)).then(|| matrix(k % n));
     let mut start = 0;
     while start < k {
         let len = n.min(k - start);
-        let g = matrix(len);
+        let g = match &tail {
+            Some(tail) if len < n.min(k) => tail,
+            _ => &full,
+        };
         for o in 0..rows {
             let src = &w[o * k + start..o * k + start + len];
             let dst = &mut out[o * k + start..o * k + start + len];
@@ -125,6 +130,8 @@ pub fn transposed(w: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 
 /// Programmed and effective weights of a `(rows, k)` matrix on a bank.
 pub struct Programmed {
+    /// Wavelengths per bank (the coupling matrix's size): inputs per tile.
+    pub channels: usize,
     /// `W_effᵀ`, `(k, rows)`: the GEMM reads it with unit stride.
     pub effective_t: Vec<f32>,
     /// `max_i |W_prog[o, i]|` per row, the full scale of the noise.
@@ -149,7 +156,7 @@ pub fn program(w: &[f32], rows: usize, k: usize, coupling: &[f32], compensation:
     };
     let effective = per_tile(&programmed, rows, k, n, |len| block(coupling, n, len));
     let row_full_scale = programmed.chunks_exact(k.max(1)).map(max_abs).collect();
-    Ok(Programmed { effective_t: transposed(&effective, rows, k), row_full_scale })
+    Ok(Programmed { channels: n, effective_t: transposed(&effective, rows, k), row_full_scale })
 }
 
 /// `y = ADC(DAC(x)·W_effᵀ + noise)` for `x` `(rows, k)` already in slot order.
@@ -161,7 +168,6 @@ pub fn product(
     weights: &Programmed,
     out: usize,
     core: &Core,
-    num_channels: usize,
     mode: Mode,
     stream: u64,
 ) -> Result<Vec<f32>, String> {
@@ -171,7 +177,7 @@ pub fn product(
     let mut y = vec![0.0f32; rows * out];
     gemm(&xq, &weights.effective_t, &mut y, 1, (rows, k, out), false)?;
     if let Mode::Noisy { seed } = mode {
-        let tiles = k.div_ceil(num_channels.max(1)) as f64;
+        let tiles = k.div_ceil(weights.channels.max(1)) as f64;
         let base = (tiles / core.snr).sqrt() as f32 * x_range;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(stream);

@@ -54,7 +54,6 @@ pub struct Runtime {
     model: Arc<Model>,
     kernels: HashMap<String, Vec<f32>>,
     programmed: Vec<OnceLock<Result<Programmed, String>>>,
-    num_channels: usize,
     last_use: Vec<usize>,
 }
 
@@ -210,9 +209,24 @@ impl Runtime {
         for &o in &model.graph.outputs {
             last_use[o] = usize::MAX;
         }
-        let num_channels = model.header.hardware.get("num_channels").and_then(|v| v.as_u64()).unwrap_or(16) as usize;
         let programmed = (0..model.graph.steps.len()).map(|_| OnceLock::new()).collect();
-        Runtime { model, kernels, programmed, num_channels, last_use }
+        Runtime { model, kernels, programmed, last_use }
+    }
+
+    /// Zeros of the shapes and dtypes of the graph inputs.
+    pub fn zero_inputs(&self) -> Vec<Array> {
+        let g = &self.model.graph;
+        g.inputs
+            .iter()
+            .map(|&i| {
+                let v = &g.values[i];
+                let n = v.shape.iter().product();
+                match v.dtype {
+                    Dtype::I32 => Array::I32 { shape: v.shape.clone(), data: vec![0; n] },
+                    _ => Array::F32 { shape: v.shape.clone(), data: vec![0.0; n] },
+                }
+            })
+            .collect()
     }
 
     /// The validated model this runtime runs.
@@ -238,7 +252,7 @@ impl Runtime {
             photonic::program(&in_slots(&w, k, &core.slot_order), out, k, coupling, compensation)
         });
         let programmed = programmed.as_ref().map_err(|e| e.clone())?;
-        photonic::product(&in_slots(x, k, &core.slot_order), rows, k, programmed, out, core, self.num_channels, mode, stream(index, 0, 0))
+        photonic::product(&in_slots(x, k, &core.slot_order), rows, k, programmed, out, core, mode, stream(index, 0, 0))
     }
 
     /// Runs the graph on `inputs` (in the order of the graph's inputs).
@@ -404,7 +418,7 @@ impl Runtime {
                     }
                     for g in 0..groups {
                         let programmed = photonic::program(&b[g * n * k..(g + 1) * n * k], n, k, bank.0, bank.1)?;
-                        let y = photonic::product(&a[g * m * k..(g + 1) * m * k], m, k, &programmed, n, core, self.num_channels, mode, stream(index, product, g))?;
+                        let y = photonic::product(&a[g * m * k..(g + 1) * m * k], m, k, &programmed, n, core, mode, stream(index, product, g))?;
                         c[g * m * n..(g + 1) * m * n].copy_from_slice(&y);
                     }
                     Ok(())

@@ -286,7 +286,7 @@ class _Builder:
             if node_name not in used or torch_name in self.tensors:
                 continue
             path, _, attr = torch_name.rpartition(".")
-            if not (self._free(torch_name) and (not path or self._free(path) or _is_namespace(path, self))):
+            if not self._free(torch_name):  # the name, its parents and its children clash with nothing
                 path, attr = "", self._module_home(torch_name.replace(".", "_"), torch_name)
             value = self.values[torch_name]
             self.tensors[torch_name] = {"kind": self.kinds[torch_name], "path": path, "attr": attr, "layout": "same",
@@ -312,11 +312,6 @@ def _refs(value: Any):
     elif isinstance(value, list):
         for v in value:
             yield from _refs(v)
-
-
-def _is_namespace(path: str, builder: _Builder) -> bool:
-    """``path`` is only a namespace so far (another free tensor's parent)."""
-    return not any(path == m or path.startswith(m + ".") for m in builder.modules)
 
 
 def capture(module: Any, example_inputs: Sequence[Any], example_kwargs: Mapping[str, Any] | None = None) -> tuple[ProgramSpec, dict[str, np.ndarray]]:

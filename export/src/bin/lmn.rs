@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use lumijax_export::graph::Op;
-use lumijax_export::{npy, Array, Mode, Model, Runtime};
+use lumijax_export::{npy, Mode, Model, Runtime};
 
 #[derive(Parser)]
 #[command(name = "lmn", version, about = "Inspect, run and time .lmn Photonic Execution Graphs")]
@@ -125,21 +125,6 @@ fn run(file: &Path, input: &Path, output: &Path, mode: Mode) -> Result<(), Strin
     npy::write_outputs(output, &names, &outputs)
 }
 
-fn zeros(model: &Model) -> Vec<Array> {
-    let g = &model.graph;
-    g.inputs
-        .iter()
-        .map(|&i| {
-            let v = &g.values[i];
-            let n = v.shape.iter().product();
-            match v.dtype {
-                lumijax_export::tensor::Dtype::I32 => Array::I32 { shape: v.shape.clone(), data: vec![0; n] },
-                _ => Array::F32 { shape: v.shape.clone(), data: vec![0.0; n] },
-            }
-        })
-        .collect()
-}
-
 fn bench(file: &Path, iterations: usize, json: bool) -> Result<(), String> {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let start = Instant::now();
@@ -154,7 +139,7 @@ fn bench(file: &Path, iterations: usize, json: bool) -> Result<(), String> {
     let start = Instant::now();
     let runtime = Runtime::new(Arc::new(model));
     let prepare = start.elapsed();
-    let inputs = zeros(runtime.model());
+    let inputs = runtime.zero_inputs();
     let start = Instant::now();
     runtime.run(&inputs, Mode::Ideal).map_err(|e| e.to_string())?;
     let first = start.elapsed();

@@ -13,6 +13,7 @@ pub mod photonic;
 pub mod preamble;
 pub mod runtime;
 pub mod tensor;
+pub mod winograd;
 
 pub use error::{FormatError, RunError};
 pub use model::Model;

@@ -1,7 +1,7 @@
 //! The photonic core of FORMAT.md §7.2: slot order, converters, crosstalk
 //! compensation, bank coupling and detector noise around a product.
 
-use lumijax_native::gemm::{batched_matmul, MatmulShape, Op as GemmOp};
+use lumijax_native::gemm::{batched_matmul, strided_product_on_this_thread, MatmulShape, Op as GemmOp};
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
@@ -22,10 +22,16 @@ pub enum Mode {
 
 /// `c = a·op(b)` for row-major `a` (batch·m × k) and `b` (batch·k × n, or
 /// batch·n × k with `transpose_b`).
+/// Threaded over the pool.
 pub fn gemm(a: &[f32], b: &[f32], c: &mut [f32], batch: usize, (m, k, n): (usize, usize, usize), transpose_b: bool) -> Result<(), String> {
     let op_b = if transpose_b { GemmOp::Transpose } else { GemmOp::Identity };
     let shape = MatmulShape::broadcast(&[batch], &[batch], &[batch], m, k, n, GemmOp::Identity, op_b).map_err(|e| e.to_string())?;
     batched_matmul(a, b, c, &shape).map_err(|e| e.to_string())
+}
+
+/// `c = a·b` for one row-major product, on the calling thread.
+pub fn gemm_on_this_thread(a: &[f32], b: &[f32], c: &mut [f32], (m, k, n): (usize, usize, usize)) -> Result<(), String> {
+    strided_product_on_this_thread(a, b, n, c, (m, k, n)).map_err(|e| e.to_string())
 }
 
 /// `x ← s·clip(round_half_even(x/s), −2^(b−1), 2^(b−1)−1)`, `s = range/(2^(b−1)−1)`.

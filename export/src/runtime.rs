@@ -15,8 +15,9 @@ use crate::error::RunError;
 use crate::graph::{Core, Op, Step};
 use crate::model::Model;
 pub use crate::photonic::Mode;
-use crate::photonic::{self, gemm, Programmed};
+use crate::photonic::{self, gemm, gemm_on_this_thread, Programmed};
 use crate::tensor::Dtype;
+use crate::winograd;
 
 /// A dense C-order array, an input or output of a run.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,11 +49,14 @@ impl Array {
 }
 
 /// A model ready to run: weights dequantized and transposed to `(in, out)`
-/// once (the GEMM reads them with unit stride), and programmed onto their
-/// banks on the first run in a hardware mode.
+/// once (the GEMM reads them with unit stride), or for 3×3 stride-1
+/// convolutions taken to the Winograd domain (16/9 of the weight's size),
+/// and programmed onto their banks on the first run in a hardware mode.
 pub struct Runtime {
     model: Arc<Model>,
     kernels: HashMap<String, Vec<f32>>,
+    /// Filters of the 3×3 stride-1 convolutions in the Winograd domain.
+    winograd: HashMap<String, winograd::Filter>,
     programmed: Vec<OnceLock<Result<Programmed, String>>>,
     last_use: Vec<usize>,
 }
@@ -84,7 +88,7 @@ thread_local! {
 
 /// Runs `f` on this thread's scratch buffer, or on a fresh one when the
 /// buffer is in use further up this thread's stack (rayon may run another
-/// block on a thread that waits inside the GEMM).
+/// task on a thread that waits inside a parallel loop).
 fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buffer) => f(&mut buffer),
@@ -118,32 +122,34 @@ impl ConvGeometry<'_> {
             let (b, oy, ox) = (p / (oh * ow), (p / ow) % oh, p % ow);
             for ky in 0..self.kernel[0] {
                 let iy = (oy * self.stride[0] + ky) as isize - self.padding[0][0] as isize;
-                for kx in 0..self.kernel[1] {
-                    let ix = (ox * self.stride[1] + kx) as isize - self.padding[1][0] as isize;
-                    let dst = &mut row[(ky * self.kernel[1] + kx) * c..][..c];
-                    if iy < 0 || iy >= h as isize || ix < 0 || ix >= w as isize {
-                        dst.fill(0.0);
-                    } else {
-                        dst.copy_from_slice(&x[((b * h + iy as usize) * w + ix as usize) * c..][..c]);
+                let taps = &mut row[ky * self.kernel[1] * c..][..self.kernel[1] * c];
+                let ix0 = (ox * self.stride[1]) as isize - self.padding[1][0] as isize;
+                if iy < 0 || iy >= h as isize {
+                    taps.fill(0.0);
+                } else if ix0 >= 0 && ix0 as usize + self.kernel[1] <= w {
+                    // The kernel row lies inside the image: one contiguous run.
+                    taps.copy_from_slice(&x[((b * h + iy as usize) * w + ix0 as usize) * c..][..self.kernel[1] * c]);
+                } else {
+                    for (kx, dst) in taps.chunks_exact_mut(c.max(1)).enumerate() {
+                        let ix = ix0 + kx as isize;
+                        if ix < 0 || ix >= w as isize {
+                            dst.fill(0.0);
+                        } else {
+                            dst.copy_from_slice(&x[((b * h + iy as usize) * w + ix as usize) * c..][..c]);
+                        }
                     }
                 }
             }
         }
     }
 
-    /// Output pixels per block: about 1 MiB of patches, so that a block's
-    /// patches stay in cache between im2col and the GEMM, and at least 256
-    /// rows, so that the weights are not streamed once per handful of pixels.
-    fn block(&self) -> usize {
-        ((1usize << 18) / self.width().max(1)).max(256)
-    }
-
-    /// The whole patch matrix into `out` (resized), filled in parallel.
+    /// The whole patch matrix into `out` (resized), filled in parallel in
+    /// blocks of about 1 MiB.
     fn patches_into(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) {
         let width = self.width();
         out.resize(rows * width, 0.0);
-        let block = self.block();
-        out[..rows * width].par_chunks_mut((block * width).max(1)).enumerate().for_each(|(i, chunk)| self.fill(x, i * block, chunk));
+        let block = ((1usize << 18) / width.max(1)).max(1);
+        out[..rows * width].par_chunks_mut(block * width.max(1)).enumerate().for_each(|(i, chunk)| self.fill(x, i * block, chunk));
     }
 
     /// The whole patch matrix (for the hardware modes, whose converters see
@@ -154,26 +160,32 @@ impl ConvGeometry<'_> {
         out
     }
 
-    /// `patches·K` with `kernel_t` `(width, cout)`. A patch matrix of a few
-    /// MiB is built whole in a reused buffer and the GEMM threads itself;
-    /// larger ones go block by block, each block's patches in a per-thread
-    /// buffer that stays in cache for its GEMM.
+    /// `patches·K` with `kernel_t` `(width, cout)`.
+    ///
+    /// With at least as many output pixels as channels (the early stages),
+    /// the pixels are cut into blocks, a multiple of the thread count of them
+    /// and each of at most about 2 MiB of patches: a thread fills a block's
+    /// patches into its own buffer and multiplies them right away, while
+    /// they are still in cache. With fewer pixels (the late stages), the
+    /// patch matrix is built whole and the GEMM cuts the output channels.
     fn product(&self, x: &[f32], rows: usize, kernel_t: &[f32], cout: usize) -> Result<Vec<f32>, String> {
         let width = self.width();
         let mut y = vec![0.0f32; rows * cout];
-        if rows * width <= 1 << 21 {
+        let threads = rayon::current_num_threads();
+        if rows < cout.max(16 * threads) {
             return with_scratch(|patches| {
                 self.patches_into(x, rows, patches);
                 gemm(&patches[..rows * width], kernel_t, &mut y, 1, (rows, width, cout), false)
             }).map(|()| y);
         }
-        let block = self.block();
-        y.par_chunks_mut((block * cout).max(1)).enumerate().try_for_each(|(i, out)| {
+        let blocks = threads * (rows * width).div_ceil(threads << 19);
+        let block = rows.div_ceil(blocks);
+        y.par_chunks_mut(block * cout.max(1)).enumerate().try_for_each(|(i, out)| {
             let count = out.len() / cout.max(1);
             with_scratch(|patches| {
                 patches.resize(count * width, 0.0);
                 self.fill(x, i * block, &mut patches[..count * width]);
-                gemm(&patches[..count * width], kernel_t, out, 1, (count, width, cout), false)
+                gemm_on_this_thread(&patches[..count * width], kernel_t, out, (count, width, cout))
             })
         })?;
         Ok(y)
@@ -191,13 +203,16 @@ fn gelu(x: f32, tanh: bool) -> f32 {
 
 impl Runtime {
     pub fn new(model: Arc<Model>) -> Runtime {
-        let mut kernels = HashMap::new();
+        let (mut kernels, mut filters) = (HashMap::new(), HashMap::new());
         for step in &model.graph.steps {
-            if let Op::Linear { weight, .. } | Op::Conv2d { weight, .. } = &step.op {
-                if !kernels.contains_key(weight) {
-                    let shape = &model.tensors[weight].shape;
-                    kernels.insert(weight.clone(), photonic::transposed(&model.weights(weight), shape[0], shape[1]));
+            let (Op::Linear { weight, .. } | Op::Conv2d { weight, .. }) = &step.op else { continue };
+            let shape = &model.tensors[weight].shape;
+            if Self::uses_winograd(&model, step) {
+                if !filters.contains_key(weight) {
+                    filters.insert(weight.clone(), winograd::Filter::new(&model.weights(weight), shape[0], shape[1] / 9));
                 }
+            } else if !kernels.contains_key(weight) {
+                kernels.insert(weight.clone(), photonic::transposed(&model.weights(weight), shape[0], shape[1]));
             }
         }
         let mut last_use = vec![usize::MAX; model.graph.values.len()];
@@ -210,7 +225,7 @@ impl Runtime {
             last_use[o] = usize::MAX;
         }
         let programmed = (0..model.graph.steps.len()).map(|_| OnceLock::new()).collect();
-        Runtime { model, kernels, programmed, last_use }
+        Runtime { model, kernels, winograd: filters, programmed, last_use }
     }
 
     /// Zeros of the shapes and dtypes of the graph inputs.
@@ -227,6 +242,14 @@ impl Runtime {
                 }
             })
             .collect()
+    }
+
+    /// Whether `step` is a 3×3 stride-1 convolution that runs as Winograd
+    /// F(2×2, 3×3) in ideal mode (where that is faster, [`winograd::pays`]).
+    fn uses_winograd(model: &Model, step: &Step) -> bool {
+        let Op::Conv2d { kernel: [3, 3], stride: [1, 1], .. } = &step.op else { return false };
+        let (input, output) = (&model.graph.values[step.inputs[0]].shape, &model.graph.values[step.output].shape);
+        winograd::pays(output[0], [output[1], output[2]], input[3])
     }
 
     /// The validated model this runtime runs.
@@ -326,6 +349,8 @@ impl Runtime {
                 let pointwise = *kernel == [1, 1] && *stride == [1, 1];
                 let mut y = if pointwise {
                     self.weight_product(index, &xs, (rows, k, shape[3]), weight, core, mode)?
+                } else if mode == Mode::Ideal && Self::uses_winograd(m, step) {
+                    winograd::conv3x3(&xs, &x_shape, *padding, [shape[1], shape[2]], &self.winograd[weight])?
                 } else if mode == Mode::Ideal {
                     geometry.product(&xs, rows, &self.kernels[weight], shape[3])?
                 } else {
@@ -437,19 +462,43 @@ fn transpose(x: &Array, perm: &[usize]) -> Array {
     for i in (0..shape.len().saturating_sub(1)).rev() {
         in_strides[i] = in_strides[i + 1] * shape[i + 1];
     }
-    let total: usize = shape.iter().product();
-    let source = |flat: usize| {
-        let (mut rem, mut src) = (flat, 0);
-        for axis in (0..out_shape.len()).rev() {
-            let extent = out_shape[axis].max(1);
-            src += (rem % extent) * in_strides[perm[axis]];
-            rem /= extent;
-        }
-        src
-    };
+    let strides: Vec<usize> = perm.iter().map(|&p| in_strides[p]).collect();
     match x {
-        Array::F32 { data, .. } => Array::F32 { shape: out_shape.clone(), data: (0..total).map(|i| data[source(i)]).collect() },
-        Array::I32 { data, .. } => Array::I32 { shape: out_shape.clone(), data: (0..total).map(|i| data[source(i)]).collect() },
+        Array::F32 { data, .. } => Array::F32 { data: gather(data, &out_shape, &strides), shape: out_shape },
+        Array::I32 { data, .. } => Array::I32 { data: gather(data, &out_shape, &strides), shape: out_shape },
+    }
+}
+
+/// The elements of `data` at `Σ index[axis]·strides[axis]` for every index of
+/// `shape`, in row-major order (an odometer over the outer axes, a strided
+/// run along the last).
+fn gather<T: Copy>(data: &[T], shape: &[usize], strides: &[usize]) -> Vec<T> {
+    let total: usize = shape.iter().product();
+    let Some((&inner, outer)) = shape.split_last() else {
+        return data.to_vec();
+    };
+    let mut out = Vec::with_capacity(total);
+    if total == 0 {
+        return out;
+    }
+    let inner_stride = strides[outer.len()];
+    let (mut counter, mut base) = (vec![0usize; outer.len()], 0usize);
+    loop {
+        out.extend((0..inner).map(|i| data[base + i * inner_stride]));
+        let mut axis = outer.len();
+        loop {
+            if axis == 0 {
+                return out;
+            }
+            axis -= 1;
+            counter[axis] += 1;
+            base += strides[axis];
+            if counter[axis] < outer[axis] {
+                break;
+            }
+            base -= strides[axis] * outer[axis];
+            counter[axis] = 0;
+        }
     }
 }
 

@@ -1,0 +1,300 @@
+"""Hardware-aware fine-tuning and quantizer/wavelength co-design.
+
+:func:`finetune` trains a photonic model under its hardware model: every
+step draws fresh detector noise from the cores' ``noise`` streams, weights
+pass through their LSQ fake quantizers (straight-through rounding, learnable
+scales), and crosstalk follows the current channel spacing. :func:`codesign`
+also trains one channel spacing shared by every core, through a sigmoid
+parametrisation that keeps it inside ``[min_spacing_nm, fsr_nm/N]``, with
+a penalty on the optical band the grid occupies (``N·Δ``).
+
+Both take a :class:`jax.sharding.Mesh`: the batch is split along the mesh's
+first axis and the model replicated, so one script runs data parallel on
+several devices (and across hosts after ``jax.distributed.initialize``).
+
+Batch norms keep their running statistics (the exported graph folds them);
+their scale and shift train like any other parameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from lumijax import hardware as hw
+from lumijax import layers
+
+Array = jax.Array
+Data = tuple[Any, Any]
+
+#: Every parameter but the cores' raw channel spacings (fixed in
+#: fine-tuning, driven by the shared spacing in co-design).
+WEIGHTS_AND_SCALES = nnx.All(nnx.Param, nnx.Not(nnx.PathContains("channel_spacing_nm")))
+
+
+@dataclasses.dataclass
+class History:
+    """What a tuning run measured, one entry per step.
+
+    Attributes:
+      loss: the training loss (task loss plus any penalty).
+      task_loss: the cross-entropy alone.
+      accuracy: the fraction of the batch's targets predicted (argmax).
+      channel_spacing_nm: the shared spacing after each step (co-design).
+    """
+
+    loss: list[float] = dataclasses.field(default_factory=list)
+    task_loss: list[float] = dataclasses.field(default_factory=list)
+    accuracy: list[float] = dataclasses.field(default_factory=list)
+    channel_spacing_nm: list[float] = dataclasses.field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def cross_entropy(logits: Array, targets: Array) -> tuple[Array, Array]:
+    """Mean softmax cross-entropy (nats) and accuracy of integer ``targets``
+    over the last axis of ``logits`` (classes or vocabulary)."""
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
+    accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == targets)
+    return loss, accuracy
+
+
+@nnx.jit
+def _evaluate_batch(model: nnx.Module, x: Array, y: Array) -> tuple[Array, Array]:
+    return cross_entropy(model(x), y)
+
+
+def evaluate(model: nnx.Module, data: Data, batch_size: int = 256) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` on all of ``data`` in its
+    current mode (noise drawn from the cores' streams in ``"noisy"``)."""
+    inputs, targets = _check_data(data)
+    totals = np.zeros(2)
+    for start in range(0, len(inputs), batch_size):
+        x, y = inputs[start:start + batch_size], targets[start:start + batch_size]
+        totals += len(x) * np.asarray(_evaluate_batch(model, x, y), np.float64)
+    return tuple(float(v) for v in totals / len(inputs))
+
+
+def apply_hardware(model: nnx.Module, hardware: hw.HardwareConfig, mode: layers.Mode = "noisy") -> nnx.Module:
+    """Puts every core of ``model`` on ``hardware`` (its channel spacing
+    included) in ``mode``; returns ``model``. Weight bits stay the layers'."""
+    for core in layers.photonic_cores(model):
+        core.hardware = hardware
+        core.estimator = dataclasses.replace(core.estimator, hardware=hardware)
+        core.channel_spacing_nm[...] = jnp.float32(hardware.channel_spacing_nm)
+    return layers.set_mode(model, mode)
+
+
+class SharedSpacing(nnx.Module):
+    """A model whose cores all take one channel spacing
+    ``Δ = lo + (hi − lo)·sigmoid(θ)``, with ``θ`` the trained parameter.
+
+    Args:
+      model: the photonic model; its cores' spacings are overwritten.
+      hardware: the hardware the cores simulate (its spacing starts ``θ``).
+      min_spacing_nm: the smallest spacing allowed (nm).
+      max_spacing_nm: the largest (nm); default the grid's limit ``FSR/N``.
+    """
+
+    def __init__(self, model: nnx.Module, hardware: hw.HardwareConfig, min_spacing_nm: float = 0.05,
+                 max_spacing_nm: float | None = None):
+        hi = float(hardware.fsr_nm) / hardware.num_channels if max_spacing_nm is None else max_spacing_nm
+        start = float(hardware.channel_spacing_nm)
+        if not 0.0 < min_spacing_nm < start < hi:
+            raise ValueError(f"the spacing range must hold the start: 0 < min_spacing_nm {min_spacing_nm} < "
+                             f"channel_spacing_nm {start} < max_spacing_nm {hi}")
+        self.model = model
+        self.hardware = hardware
+        self.min_spacing_nm, self.max_spacing_nm = float(min_spacing_nm), hi
+        fraction = (start - min_spacing_nm) / (hi - min_spacing_nm)
+        self.spacing_logit = nnx.Param(jnp.float32(np.log(fraction / (1.0 - fraction))))
+
+    def spacing_nm(self) -> Array:
+        """The current spacing (nm)."""
+        span = self.max_spacing_nm - self.min_spacing_nm
+        return self.min_spacing_nm + span * jax.nn.sigmoid(self.spacing_logit[...])
+
+    def band_nm(self) -> Array:
+        """Optical band the grid occupies, ``N·Δ`` (nm)."""
+        return self.hardware.num_channels * self.spacing_nm()
+
+    def __call__(self, *inputs: Array) -> Array:
+        spacing = self.spacing_nm()
+        for core in layers.photonic_cores(self.model):
+            core.channel_spacing_nm[...] = spacing
+        return self.model(*inputs)
+
+    def chosen_hardware(self) -> hw.HardwareConfig:
+        """The hardware with the spacing chosen so far."""
+        return self.hardware.replace(channel_spacing_nm=float(self.spacing_nm()))
+
+
+def _spacing_or_weights(params: Any) -> Any:
+    """Optimizer labels: ``"spacing"`` for the shared spacing's logit."""
+    def label(path, _):
+        return "spacing" if any(getattr(k, "key", None) == "spacing_logit" for k in path) else "weights"
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def codesign_loss(tuned: SharedSpacing, x: Array, y: Array, band_weight: float, reference_band_nm: float) -> tuple[Array, tuple[Array, Array]]:
+    """Cross-entropy plus ``band_weight·N·Δ/reference_band_nm``; returns the
+    loss and (task loss, accuracy)."""
+    task, accuracy = cross_entropy(tuned(x), y)
+    return task + band_weight * tuned.band_nm() / reference_band_nm, (task, accuracy)
+
+
+def _check_data(data: Data) -> tuple[np.ndarray, np.ndarray]:
+    if not (isinstance(data, (tuple, list)) and len(data) == 2):
+        raise ValueError("data must be a pair (inputs, integer targets)")
+    inputs, targets = np.asarray(data[0]), np.asarray(data[1])
+    if len(inputs) != len(targets) or len(inputs) == 0:
+        raise ValueError(f"data: {len(inputs)} inputs and {len(targets)} targets; need the same, non-zero count")
+    if not np.issubdtype(targets.dtype, np.integer):
+        raise ValueError(f"data: targets must be integer class or token ids, got {targets.dtype}")
+    if np.issubdtype(inputs.dtype, np.floating) and not np.isfinite(inputs).all():
+        raise ValueError("data: the inputs hold NaN or infinite values")
+    return inputs, targets
+
+
+def batches(data: Data, batch_size: int, seed: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Endless shuffled batches of exactly ``batch_size`` (epoch by epoch)."""
+    inputs, targets = _check_data(data)
+    if not 0 < batch_size <= len(inputs):
+        raise ValueError(f"batch_size = {batch_size}: need 1..{len(inputs)} (the data's size)")
+    rng = np.random.default_rng(seed)
+    while True:
+        order = rng.permutation(len(inputs))
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            index = order[start:start + batch_size]
+            yield inputs[index], targets[index]
+
+
+def _place(mesh: Mesh | None, model: nnx.Module, optimizer: nnx.Optimizer) -> Callable[[np.ndarray], Any]:
+    """Replicates the state over ``mesh`` and returns how to place a batch
+    (split along the mesh's first axis); without a mesh, batches stay as given."""
+    if mesh is None:
+        return jnp.asarray
+    state = nnx.state((model, optimizer))
+    nnx.update((model, optimizer), jax.device_put(state, NamedSharding(mesh, PartitionSpec())))
+    batch = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+    return lambda x: jax.device_put(x, batch)
+
+
+def _train(module: nnx.Module, loss_fn: Callable, data: Data, optimizer: optax.GradientTransformation, steps: int,
+           batch_size: int, mesh: Mesh | None, seed: int, progress: bool, description: str,
+           after_step: Callable[[nnx.Module, History], None] | None = None) -> History:
+    module.eval()  # batch norms on their running statistics
+    opt = nnx.Optimizer(module, optimizer, wrt=WEIGHTS_AND_SCALES)
+    place = _place(mesh, module, opt)
+
+    @nnx.jit
+    def step(module, opt, x, y):
+        grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, WEIGHTS_AND_SCALES), has_aux=True)
+        (loss, (task, accuracy)), grads = grad_fn(module, x, y)
+        opt.update(module, grads)
+        return loss, task, accuracy
+
+    history = History()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[accuracy]:.1%}"), TimeRemainingColumn())
+    with Progress(*columns, disable=not progress, transient=True) as bar:
+        task_id = bar.add_task(description, total=steps, loss=float("nan"), accuracy=0.0)
+        for _, (x, y) in zip(range(steps), batches(data, batch_size, seed)):
+            loss, task, accuracy = (float(v) for v in step(module, opt, place(x), place(y)))
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"the loss became {loss} at step {len(history.loss)}; lower the learning rate")
+            history.loss.append(loss)
+            history.task_loss.append(task)
+            history.accuracy.append(accuracy)
+            if after_step is not None:
+                after_step(module, history)
+            bar.update(task_id, advance=1, loss=loss, accuracy=accuracy)
+    return history
+
+
+def finetune(model: nnx.Module, data: Data, hardware: hw.HardwareConfig | None = None,
+             optimizer: optax.GradientTransformation | None = None, steps: int = 200, *, batch_size: int = 64,
+             mesh: Mesh | None = None, seed: int = 0, progress: bool = True) -> History:
+    """Fine-tunes ``model`` in place under noisy hardware.
+
+    Args:
+      model: a photonic model (converted GPT, ResNet or program) whose
+        ``model(x)`` gives logits over the last axis.
+      data: ``(inputs, targets)``: e.g. images ``(N, C, H, W)`` with class
+        ids ``(N,)``, or token ids ``(N, T)`` with next tokens ``(N, T)``.
+      hardware: the hardware to train under; default, the cores' own.
+      optimizer: an optax transformation; default Adam, learning rate 1e-3.
+      steps: optimizer steps.
+      batch_size: examples per step (divisible by the mesh's first axis).
+      mesh: shard the batch over this mesh's first axis.
+      seed: batch order.
+      progress: show a progress bar.
+
+    Returns:
+      The loss and accuracy of every step.
+    """
+    if hardware is not None:
+        apply_hardware(model, hardware, "noisy")
+    else:
+        layers.set_mode(model, "noisy")
+
+    def loss_fn(model, x, y):
+        loss, accuracy = cross_entropy(model(x), y)
+        return loss, (loss, accuracy)
+
+    return _train(model, loss_fn, data, optimizer or optax.adam(1e-3), steps, batch_size, mesh, seed, progress,
+                  "fine-tuning under the hardware")
+
+
+def codesign(model: nnx.Module, data: Data, hardware: hw.HardwareConfig,
+             optimizer: optax.GradientTransformation | None = None, steps: int = 200, *, band_weight: float = 0.05,
+             min_spacing_nm: float = 0.05, reference_spacing_nm: float = 0.8, spacing_learning_rate: float = 0.05,
+             batch_size: int = 64,
+             mesh: Mesh | None = None, seed: int = 0, progress: bool = True) -> tuple[nnx.Module, hw.HardwareConfig, History]:
+    """Trains the weights, the LSQ scales and one channel spacing together.
+
+    The loss is the cross-entropy plus ``band_weight`` times the band
+    ``N·Δ`` relative to the reference grid's ``N·reference_spacing_nm``:
+    the spacing shrinks while the task loss it costs stays below the band
+    it saves.
+
+    Args:
+      model: as for :func:`finetune`; trained in place, in ``"noisy"`` mode.
+      data: ``(inputs, targets)`` as for :func:`finetune`.
+      hardware: the starting hardware (its spacing is the first guess).
+      optimizer: for the weights and scales; default Adam, learning rate 1e-3.
+      band_weight: weight of the band penalty (nats per reference band).
+      min_spacing_nm: the smallest spacing allowed (nm).
+      reference_spacing_nm: the grid the band is measured against (nm).
+      spacing_learning_rate: Adam's learning rate for the spacing's logit.
+
+    Returns:
+      The tuned model, the hardware with the spacing it chose and the history.
+    """
+    apply_hardware(model, hardware, "noisy")
+    tuned = SharedSpacing(model, hardware, min_spacing_nm)
+    reference_band_nm = hardware.num_channels * reference_spacing_nm
+
+    def loss_fn(tuned, x, y):
+        return codesign_loss(tuned, x, y, band_weight, reference_band_nm)
+
+    def record(tuned, history):
+        history.channel_spacing_nm.append(float(tuned.spacing_nm()))
+
+    optimizer = optax.multi_transform(
+        {"spacing": optax.adam(spacing_learning_rate), "weights": optimizer or optax.adam(1e-3)}, _spacing_or_weights)
+    history = _train(tuned, loss_fn, data, optimizer, steps, batch_size, mesh, seed, progress,
+                     "co-designing scales and spacing", record)
+    chosen = tuned.chosen_hardware()
+    apply_hardware(model, chosen, "noisy")
+    return model, chosen, history

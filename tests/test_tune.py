@@ -1,0 +1,153 @@
+"""Hardware-aware fine-tuning and co-design (lumijax.tune)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from sklearn.datasets import load_digits
+
+from lumijax import layers, tune
+from lumijax.convert.factory import LayerFactory
+from lumijax import hardware as hw
+
+def digits(count: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Flattened 8×8 digits in [0, 1] and their labels."""
+    data = load_digits()
+    return (data.data[:count] / 16.0).astype(np.float32), data.target[:count]
+
+
+class Perceptron(nnx.Module):
+    """Two photonic layers, 4-bit weights, each on a core of its own."""
+
+    def __init__(self, factory: LayerFactory, rngs: nnx.Rngs):
+        self.hidden = factory.linear(64, 32, rngs=rngs)
+        self.out = factory.linear(32, 10, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(jax.nn.relu(self.hidden(x)))
+
+
+def small_model(seed: int = 0, **hardware) -> nnx.Module:
+    factory = LayerFactory(hw.HardwareConfig(**hardware), "ideal", weight_bits=4)
+    return Perceptron(factory, nnx.Rngs(seed, noise=seed + 1))
+
+
+def test_finetune_lowers_the_loss_under_noise():
+    data = digits()
+    model = small_model(channel_spacing_nm=0.4)
+    tune.apply_hardware(model, hw.HardwareConfig(channel_spacing_nm=0.4), "noisy")
+    before, _ = tune.evaluate(model, data)
+    history = tune.finetune(model, data, optimizer=optax.adam(3e-3), steps=40, progress=False)
+    after, accuracy = tune.evaluate(model, data)
+    assert len(history.loss) == 40 and all(np.isfinite(history.loss))
+    assert after < 0.6 * before, (before, after)
+    assert accuracy > 0.5
+    assert all(core.mode == "noisy" for core in layers.photonic_cores(model))
+
+
+def test_finetune_draws_fresh_noise_every_step():
+    # Same batch twice on a frozen model: a noisy loss differs, an expected one does not.
+    x, y = digits(64)
+    model = small_model()
+    tune.apply_hardware(model, hw.HardwareConfig(), "noisy")
+    losses = [tune.evaluate(model, (x, y))[0] for _ in range(2)]
+    assert losses[0] != losses[1]
+    layers.set_mode(model, "expected")
+    assert tune.evaluate(model, (x, y))[0] == tune.evaluate(model, (x, y))[0]
+
+
+def test_codesign_gradient_in_spacing_matches_finite_differences():
+    # Expected mode with 16-bit converters: the loss is smooth in the spacing
+    # up to steps far below the difference step.
+    x, y = digits(32)
+    hardware = hw.HardwareConfig(channel_spacing_nm=0.3, dac_bits=16, adc_bits=16)
+    model = small_model(**dataclass_fields(hardware))
+    tune.apply_hardware(model, hardware, "expected")
+    model.eval()
+    tuned = tune.SharedSpacing(model, hardware, min_spacing_nm=0.05)
+
+    def loss(module):
+        return tune.codesign_loss(module, x, y, band_weight=0.1, reference_band_nm=12.8)[0]
+
+    grads = nnx.jit(nnx.grad(loss, argnums=nnx.DiffState(0, nnx.PathContains("spacing_logit"))))(tuned)
+    grad = float(grads["spacing_logit"][...])
+    logit, step = float(tuned.spacing_logit[...]), 0.02
+    values = []
+    for shifted in (logit + step, logit - step):
+        tuned.spacing_logit[...] = jnp.float32(shifted)
+        values.append(float(nnx.jit(loss)(tuned)))
+    finite = (values[0] - values[1]) / (2 * step)
+    assert abs(grad) > 1e-3
+    assert grad == pytest.approx(finite, rel=0.05), (grad, finite)
+
+
+def dataclass_fields(config: hw.HardwareConfig) -> dict:
+    return {k: v for k, v in config.to_dict().items()}
+
+
+def test_codesign_keeps_the_spacing_in_range_and_returns_the_hardware():
+    data = digits(256)
+    model = small_model()
+    start = hw.HardwareConfig(channel_spacing_nm=0.6)
+    tuned, chosen, history = tune.codesign(model, data, start, steps=15, band_weight=2.0, spacing_learning_rate=0.3,
+                                           min_spacing_nm=0.2, batch_size=32, progress=False)
+    spacings = np.array(history.channel_spacing_nm)
+    assert len(spacings) == 15
+    # A heavy band penalty pushes the spacing down, never below its floor.
+    assert spacings[-1] < 0.6 and (spacings >= 0.2).all()
+    assert chosen.channel_spacing_nm == pytest.approx(spacings[-1], rel=1e-6)
+    assert all(float(c.channel_spacing_nm[...]) == pytest.approx(spacings[-1], rel=1e-6) for c in layers.photonic_cores(tuned))
+
+
+def test_bad_data_and_ranges_fail_clearly():
+    model = small_model()
+    x, y = digits(16)
+    with pytest.raises(ValueError, match="integer class or token ids"):
+        tune.finetune(model, (x, y.astype(np.float32)), steps=1, progress=False)
+    with pytest.raises(ValueError, match="16 inputs and 15 targets"):
+        tune.finetune(model, (x, y[:15]), steps=1, progress=False)
+    with pytest.raises(ValueError, match="batch_size = 64"):
+        tune.finetune(model, (x, y), steps=1, progress=False)
+    bad = x.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        tune.finetune(model, (bad, y), steps=1, batch_size=8, progress=False)
+    with pytest.raises(ValueError, match="spacing range must hold the start"):
+        tune.SharedSpacing(model, hw.HardwareConfig(channel_spacing_nm=0.8), min_spacing_nm=0.9)
+
+
+SHARDED = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np, optax
+    from jax.sharding import Mesh
+    from flax import nnx
+    sys.path.insert(0, {tests!r})
+    from test_tune import digits, small_model
+    from lumijax import tune
+    assert jax.device_count() == 4, jax.devices()
+    data = digits(64)
+    params = []
+    for mesh in (None, Mesh(np.array(jax.devices()), ("data",))):
+        model = small_model(seed=3)
+        tune.finetune(model, data, optimizer=optax.sgd(0.05), steps=2, batch_size=16, mesh=mesh, progress=False)
+        params.append(jax.tree.leaves(nnx.state(model, nnx.Param)))
+    print(json.dumps(max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(*params))))
+""")
+
+
+def test_a_sharded_step_equals_the_single_device_step():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    script = SHARDED.format(tests=os.path.dirname(__file__))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) < 1e-5

@@ -19,55 +19,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import torch
-import torchvision
 from rich.console import Console
 from rich.table import Table
-from sklearn.datasets import load_digits
 
-from lumijax import convert, layers
+from lumijax import convert, layers, zoo
 from lumijax import hardware as hw
 
 STEM = dict(in_channels=1, stem_kernel=3, stem_stride=1, stem_pool=False)
-
-
-def digits(seed: int = 0) -> tuple[np.ndarray, ...]:
-    """Train and test splits of the digits as NCHW float32 in [0, 1]."""
-    data = load_digits()
-    x = (data.images / 16.0).astype(np.float32)[:, None]
-    order = np.random.default_rng(seed).permutation(len(x))
-    x, y = x[order], data.target[order]
-    split = int(0.8 * len(x))
-    return x[:split], y[:split], x[split:], y[split:]
-
-
-def torch_resnet() -> torch.nn.Module:
-    model = torchvision.models.resnet18(num_classes=10)
-    model.conv1 = torch.nn.Conv2d(1, 64, 3, 1, 1, bias=False)
-    model.maxpool = torch.nn.Identity()
-    return model
-
-
-def train(x: np.ndarray, y: np.ndarray, epochs: int, console: Console) -> torch.nn.Module:
-    torch.manual_seed(0)
-    model = torch_resnet()
-    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
-    xs, ys = torch.from_numpy(x), torch.from_numpy(y)
-    with console.status("training") as status:
-        for epoch in range(epochs):
-            model.train()
-            for batch in torch.randperm(len(xs)).split(64):
-                loss = torch.nn.functional.cross_entropy(model(xs[batch]), ys[batch])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-            status.update(f"training: epoch {epoch + 1}/{epochs}, loss {loss.item():.3f}")
-    return model.eval()
-
-
-def accuracy(logits, y: np.ndarray) -> float:
-    return float(np.mean(np.argmax(np.asarray(logits), axis=-1) == y))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="out/convert", help="folder for the checkpoint and the model file")
@@ -75,16 +33,10 @@ def main() -> None:
     args = parser.parse_args()
     console, out = Console(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    x_train, y_train, x_test, y_test = digits()
+    _, _, x_test, y_test = zoo.digits()
 
     checkpoint = out / "digits_resnet18.pt"
-    torch_model = torch_resnet()
-    if checkpoint.exists():
-        torch_model.load_state_dict(torch.load(checkpoint, weights_only=True))
-        torch_model.eval()
-    else:
-        torch_model = train(x_train, y_train, args.epochs, console)
-        torch.save(torch_model.state_dict(), checkpoint)
+    torch_model = zoo.cached_digits_resnet(checkpoint, (2, 2, 2, 2), epochs=args.epochs, console=console)
     with torch.no_grad():
         reference = torch_model(torch.from_numpy(x_test)).numpy()
 
@@ -101,9 +53,9 @@ def main() -> None:
     parity = Table(title="parity with torch (ideal mode, float32)")
     for column in ("path", "convert (s)", "max |Δ logit| / max |logit|", "test accuracy"):
         parity.add_column(column)
-    parity.add_row("torch", "", "", f"{accuracy(reference, y_test):.2%}")
-    parity.add_row("recipe from the checkpoint", f"{recipe_s:.1f}", f"{np.abs(recipe_logits - reference).max() / scale:.1e}", f"{accuracy(recipe_logits, y_test):.2%}")
-    parity.add_row("torch.export of the module", f"{export_s:.1f}", f"{np.abs(program_logits - reference).max() / scale:.1e}", f"{accuracy(program_logits, y_test):.2%}")
+    parity.add_row("torch", "", "", f"{zoo.accuracy(reference, y_test):.2%}")
+    parity.add_row("recipe from the checkpoint", f"{recipe_s:.1f}", f"{np.abs(recipe_logits - reference).max() / scale:.1e}", f"{zoo.accuracy(recipe_logits, y_test):.2%}")
+    parity.add_row("torch.export of the module", f"{export_s:.1f}", f"{np.abs(program_logits - reference).max() / scale:.1e}", f"{zoo.accuracy(program_logits, y_test):.2%}")
     console.print(parity)
     console.print(convert.summarize(model, x_test[:1]).table(title="the photonic model (one 8×8 digit)"))
 
@@ -112,12 +64,12 @@ def main() -> None:
                         f"SNR {float(hw.snr_db(hardware)):.1f} dB")
     for column in ("weight bits", "mode", "test accuracy"):
         table.add_column(column)
-    table.add_row("float", "ideal", f"{accuracy(recipe_logits, y_test):.2%}")
+    table.add_row("float", "ideal", f"{zoo.accuracy(recipe_logits, y_test):.2%}")
     for bits in (8, 6, 4):
         photonic = convert.load_checkpoint(checkpoint, "resnet18", hardware=hardware, mode="noisy", weight_bits=bits, num_classes=10, **STEM)
         noisy = np.asarray(photonic(x_test))
         layers.set_mode(photonic, "expected")
-        table.add_row(str(bits), "expected / noisy", f"{accuracy(photonic(x_test), y_test):.2%} / {accuracy(noisy, y_test):.2%}")
+        table.add_row(str(bits), "expected / noisy", f"{zoo.accuracy(photonic(x_test), y_test):.2%} / {zoo.accuracy(noisy, y_test):.2%}")
     console.print(table)
     path = convert.save(model, out / "digits_resnet18.msgpack")
     start = time.perf_counter()

@@ -102,6 +102,147 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _training_data(spec: str):
+    """``digits`` (scikit-learn's 8×8 digits, NCHW, training split) or an
+    ``.npz`` with ``inputs`` and ``targets``."""
+    import numpy as np
+
+    if spec == "digits":
+        from lumijax import zoo
+
+        split = zoo.digits()
+        return split.x_train, split.y_train
+    with np.load(spec, allow_pickle=False) as data:
+        missing = {"inputs", "targets"} - set(data.files)
+        if missing:
+            raise ValueError(f"{spec}: no array named {' or '.join(sorted(missing))} (has {', '.join(data.files) or 'none'})")
+        return data["inputs"], data["targets"]
+
+
+def _tuning(args: argparse.Namespace, codesign: bool) -> int:
+    import optax
+
+    from lumijax import convert, layers, tune
+
+    command = "codesign" if codesign else "tune"
+    console = Console()
+    try:
+        if args.steps < 1 or args.learning_rate <= 0:
+            raise ValueError(f"--steps {args.steps} and --learning-rate {args.learning_rate} must be positive")
+        model = convert.load(args.model)
+        data = _training_data(args.data)
+        hardware = layers.photonic_cores(model)[0].hardware
+        if codesign:
+            tune.spacing_range(hardware, args.min_spacing_nm)
+        tune.apply_hardware(model, hardware, "noisy")
+        before = tune.evaluate(model, data)
+        optimizer = optax.adam(args.learning_rate)
+        if codesign:
+            _, chosen, history = tune.codesign(model, data, hardware, optimizer, args.steps, band_weight=args.band_weight,
+                                               min_spacing_nm=args.min_spacing_nm, batch_size=args.batch_size)
+        else:
+            history, chosen = tune.finetune(model, data, optimizer=optimizer, steps=args.steps, batch_size=args.batch_size), hardware
+        tune.calibrate_ranges(model, data[0], args.batch_size)
+        after = tune.evaluate(model, data)
+        out = convert.save(model, args.out)
+    except (convert.ModelFileError, ValueError, OSError, FloatingPointError) as err:
+        print(f"lumijax {command}: {err}", file=sys.stderr)
+        return 2
+    table = Table(title=f"{command}: {Path(args.model).name} on {args.data}, {args.steps} steps under noisy hardware")
+    for column in ("", "before", "after"):
+        table.add_column(column, justify="right")
+    table.add_row("loss (nats)", f"{before[0]:.3f}", f"{after[0]:.3f}")
+    table.add_row("accuracy", f"{before[1]:.2%}", f"{after[1]:.2%}")
+    table.add_row("channel spacing (nm)", f"{float(hardware.channel_spacing_nm):.3f}", f"{float(chosen.channel_spacing_nm):.3f}")
+    console.print(table)
+    if args.plot:
+        console.print(f"curves written to {history.plot(args.plot)}")
+    console.print(f"tuned model written to {out}")
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from lumijax import convert, layers, wdm
+
+    console = Console()
+    try:
+        model = convert.load(args.model)
+        hardware = layers.photonic_cores(model)[0].hardware
+        plan = wdm.WDMPlanner(hardware, min_spacing_nm=args.min_spacing_nm).optimize_allocation(model)
+    except (convert.ModelFileError, ValueError, OSError) as err:
+        print(f"lumijax plan: {err}", file=sys.stderr)
+        return 2
+    console.print(plan.table())
+    if args.out:
+        Path(args.out).write_text(json.dumps(plan.to_dict(), indent=2))
+        console.print(f"WDM map written to {args.out}")
+    if args.plot:
+        console.print(f"spectrum of {plan.ops[0].name} written to {plan.plot_spectra(plan.ops[0].name, args.plot)}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from lumijax import lmn, runtime
+
+    console = Console()
+    try:
+        model = runtime.load(args.model)
+        if args.input.endswith(".npz"):
+            with np.load(args.input, allow_pickle=False) as data:
+                inputs = [data[name] if name in data.files else data[f"arr_{i}"] for i, (name, _, _) in enumerate(model.inputs)]
+        else:
+            inputs = [np.load(args.input, allow_pickle=False)]
+        start = time.perf_counter()
+        outputs = model.run(inputs, args.mode, args.seed)
+        seconds = time.perf_counter() - start
+        if args.output:
+            np.save(args.output, outputs[0]) if len(outputs) == 1 else np.savez(args.output, *outputs)
+    except (lmn.LmnError, ValueError, KeyError, OSError) as err:
+        print(f"lumijax run: {err}", file=sys.stderr)
+        return 2
+    table = Table(title=f"{Path(args.model).name}, {args.mode} mode, {1e3 * seconds:.1f} ms")
+    for column in ("output", "shape", "min", "max"):
+        table.add_column(column)
+    for (name, _, shape), value in zip(model.outputs, outputs):
+        table.add_row(name, str(shape), f"{value.min():.4g}", f"{value.max():.4g}")
+    console.print(table)
+    if args.output:
+        console.print(f"written to {args.output}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+    import subprocess
+
+    from lumijax import runtime
+
+    binary = runtime.lmn_binary()
+    if binary is None:
+        print("lumijax bench: the lmn binary is not built (make builds it)", file=sys.stderr)
+        return 2
+    result = subprocess.run([binary, "bench", args.model, "--iterations", str(args.iterations), "--json"],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        print(f"lumijax bench: {result.stderr.strip()}", file=sys.stderr)
+        return 2
+    stats = json.loads(result.stdout)
+    table = Table(title=f"lmn bench {Path(args.model).name}")
+    table.add_column("stage")
+    table.add_column("ms", justify="right")
+    for key, value in stats.items():
+        if key.endswith("_ms"):
+            table.add_row(key[:-3].replace("_", " "), f"{value:.3f}")
+    Console().print(table)
+    return 0
+
+
 def _shape(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(d) for d in text.split(","))
@@ -154,6 +295,43 @@ def build_parser() -> argparse.ArgumentParser:
                         help="ideal stores float32 weights, the others integer codes (default: the model's)")
     export.add_argument("--plan", action="store_true", help="plan the wavelengths first and record the WDM map")
     export.set_defaults(run=_export)
+
+    for name, codesign in (("tune", False), ("codesign", True)):
+        helps = {"tune": "fine-tune a converted model under its noisy, quantized, crosstalk-limited hardware",
+                 "codesign": "train weights, quantization scales and one channel spacing together"}
+        tuning = commands.add_parser(name, help=helps[name])
+        tuning.add_argument("model", help="a model written by lumijax convert")
+        tuning.add_argument("--data", default="digits",
+                            help="training data: 'digits' (scikit-learn, 1×8×8 images) or an .npz with inputs and targets")
+        tuning.add_argument("--out", required=True, help="where to write the tuned model (.msgpack)")
+        tuning.add_argument("--steps", type=int, default=200)
+        tuning.add_argument("--learning-rate", type=float, default=1e-3)
+        tuning.add_argument("--batch-size", type=int, default=64)
+        tuning.add_argument("--plot", metavar="PNG", help="write the loss and accuracy curves here")
+        if codesign:
+            tuning.add_argument("--band-weight", type=float, default=0.05, help="penalty per 16×0.8 nm of band used")
+            tuning.add_argument("--min-spacing-nm", type=float, default=0.05, help="the smallest spacing allowed (nm)")
+        tuning.set_defaults(run=lambda args, codesign=codesign: _tuning(args, codesign))
+
+    plan = commands.add_parser("plan", help="plan the wavelengths of a converted model (WDM map)")
+    plan.add_argument("model", help="a model written by lumijax convert")
+    plan.add_argument("--min-spacing-nm", type=float, default=0.05, help="the smallest spacing the fabrication allows (nm)")
+    plan.add_argument("--out", help="write the WDM map as JSON")
+    plan.add_argument("--plot", metavar="PNG", help="plot the planned spectrum of the first op")
+    plan.set_defaults(run=_plan)
+
+    run = commands.add_parser("run", help="run an .lmn file on the Rust runtime")
+    run.add_argument("model", help="an .lmn file")
+    run.add_argument("--input", required=True, help=".npy (one input) or .npz (inputs by name or order)")
+    run.add_argument("--output", help="write the output (.npy, or .npz for several)")
+    run.add_argument("--mode", default="ideal", choices=("ideal", "expected", "noisy"))
+    run.add_argument("--seed", type=int, default=0, help="noise seed of the noisy mode")
+    run.set_defaults(run=_run)
+
+    bench = commands.add_parser("bench", help="time loading, validation and inference of an .lmn file (lmn bench)")
+    bench.add_argument("model", help="an .lmn file")
+    bench.add_argument("--iterations", type=int, default=20)
+    bench.set_defaults(run=_bench)
     return parser
 
 

@@ -7,7 +7,7 @@ quantization → the product → detector noise (``"noisy"`` only, from the
 ``noise`` stream of ``nnx.Rngs``) → output ADC quantization. Mode
 ``"ideal"`` is the exact float product of the corresponding Flax layer;
 ``"expected"`` is the noise-free hardware result. The channel spacing and
-the scales are ``nnx.Param``s, so gradients reach them.
+the (log) scales are ``nnx.Param``s, so gradients reach them.
 
 DAC and ADC ranges come from :class:`~lumijax.quant.DynamicRangeEstimator`
 states that :meth:`PhotonicCore.observe` updates (call the layer with
@@ -185,23 +185,36 @@ def set_mode(model: nnx.Module, mode: Mode) -> nnx.Module:
 class QuantizedWeights(nnx.Module):
     """A layer whose weight matrix ``(out, in)`` sits in a ring bank, with
     per-output-channel LSQ scales. Subclasses define ``weight_matrix()`` and
-    hold their ``core``."""
+    hold their ``core``.
+
+    The scales are trained as their logarithms (``log_weight_scale``): a
+    quantization step stays positive by construction, and optimizer steps
+    change it by a relative amount, whatever its size.
+    """
 
     def _init_scales(self, w: Array, bits: int) -> None:
         self.weight_bits = bits
         self.slot_order: tuple[int, ...] | None = None  # inputs in WDM slot order
-        self.weight_scale = nnx.Param(self._minmax_scale(w))
+        self.log_weight_scale = nnx.Param(jnp.log(self._minmax_scale(w)))
 
     def _minmax_scale(self, w: Array) -> Array:
         return quant.WeightQuantizer(bits=self.weight_bits, method="minmax").calibrate(w, {"snr_db": 100.0}).scale
 
+    def scale(self) -> Array:
+        """The quantization step of each output channel (weight units)."""
+        return jnp.exp(self.log_weight_scale[...])
+
+    def set_scale(self, scale: Array) -> None:
+        """Sets the steps (positive, weight units)."""
+        self.log_weight_scale[...] = jnp.log(jnp.asarray(scale, jnp.float32))
+
     def reset_scales(self) -> None:
         """Sets the scales to the min-max choice for the current weights
         (after new weights are loaded)."""
-        self.weight_scale[...] = self._minmax_scale(self.weight_matrix())
+        self.set_scale(self._minmax_scale(self.weight_matrix()))
 
     def quantized(self, w: Array) -> Array:
-        return quant.lsq_quant(w, self.weight_scale[...], self.weight_bits)
+        return quant.lsq_quant(w, self.scale(), self.weight_bits)
 
     def _on_core(self, x: Array, w: Array, observe: bool) -> Array:
         """``x·Wᵀ`` on the core with the inputs in their planned slots
@@ -221,7 +234,7 @@ class QuantizedWeights(nnx.Module):
         hardware state (see :meth:`~lumijax.quant.WeightQuantizer.calibrate`)."""
         quantizer = quant.WeightQuantizer(bits=self.weight_bits, hardware=self.core.hardware)
         params = quantizer.calibrate(self.weight_matrix(), hardware_state, activations)
-        self.weight_scale[...] = params.scale
+        self.set_scale(params.scale)
         return params
 
 

@@ -131,7 +131,7 @@ class _Builder:
             bits = layer.weight_bits
             if bits > 8:
                 raise ExportError(f"{name}: {bits}-bit weights; .lmn codes are at most 8 bits")
-            scale = np.asarray(layer.weight_scale[...], np.float32).reshape(-1)
+            scale = np.asarray(layer.scale(), np.float32).reshape(-1)
             lo, hi = quant.code_range(bits)
             codes = np.clip(np.round(w / scale[:, None]), lo, hi).astype(np.int8)
             info = {"bits": bits, "scale": self.tensor(f"{name}.weight.scale", scale),

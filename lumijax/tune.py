@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -60,6 +61,33 @@ class History:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def plot(self, path: str | Path) -> Path:
+        """Loss and batch accuracy against step (and the spacing, when
+        co-designed) to a PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        panels = 3 if self.channel_spacing_nm else 2
+        fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.5))
+        axes[0].plot(self.loss, label="loss")
+        if self.task_loss != self.loss:
+            axes[0].plot(self.task_loss, label="task loss")
+            axes[0].legend()
+        axes[0].set(xlabel="step", ylabel="cross-entropy (nats)", title="loss under the hardware")
+        axes[1].plot(self.accuracy)
+        axes[1].set(xlabel="step", ylabel="batch accuracy", title="accuracy under the hardware")
+        if self.channel_spacing_nm:
+            axes[2].plot(self.channel_spacing_nm)
+            axes[2].set(xlabel="step", ylabel="channel spacing (nm)", title="co-designed spacing")
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
 
 def cross_entropy(logits: Array, targets: Array) -> tuple[Array, Array]:
     """Mean softmax cross-entropy (nats) and accuracy of integer ``targets``
@@ -85,6 +113,21 @@ def evaluate(model: nnx.Module, data: Data, batch_size: int = 256) -> tuple[floa
     return tuple(float(v) for v in totals / len(inputs))
 
 
+@nnx.jit
+def _observe_batch(model: nnx.Module, x: Array) -> None:
+    model(x, observe=True)
+
+
+def calibrate_ranges(model: nnx.Module, inputs: Any, batch_size: int = 64) -> nnx.Module:
+    """Sets every core's DAC and ADC ranges from ``inputs`` (their tracked
+    percentile ranges, see :class:`~lumijax.quant.DynamicRangeEstimator`),
+    as the exported file and the runtime will use them; returns ``model``."""
+    inputs = np.asarray(inputs)
+    for start in range(0, len(inputs) - batch_size + 1, batch_size):
+        _observe_batch(model, inputs[start:start + batch_size])
+    return model
+
+
 def apply_hardware(model: nnx.Module, hardware: hw.HardwareConfig, mode: layers.Mode = "noisy") -> nnx.Module:
     """Puts every core of ``model`` on ``hardware`` (its channel spacing
     included) in ``mode``; returns ``model``. Weight bits stay the layers'."""
@@ -92,7 +135,21 @@ def apply_hardware(model: nnx.Module, hardware: hw.HardwareConfig, mode: layers.
         core.hardware = hardware
         core.estimator = dataclasses.replace(core.estimator, hardware=hardware)
         core.channel_spacing_nm[...] = jnp.float32(hardware.channel_spacing_nm)
+    factory = getattr(model, "factory", None)
+    if factory is not None:  # converted models save their factory's hardware
+        model.factory = dataclasses.replace(factory, hardware=hardware)
     return layers.set_mode(model, mode)
+
+
+def spacing_range(hardware: hw.HardwareConfig, min_spacing_nm: float, max_spacing_nm: float | None = None) -> tuple[float, float]:
+    """The spacing range ``(min, max)`` in nm (``max`` by default ``FSR/N``);
+    raises ``ValueError`` unless it holds ``hardware``'s spacing inside."""
+    hi = float(hardware.fsr_nm) / hardware.num_channels if max_spacing_nm is None else float(max_spacing_nm)
+    start = float(hardware.channel_spacing_nm)
+    if not 0.0 < min_spacing_nm < start < hi:
+        raise ValueError(f"the spacing range must hold the start: 0 < min_spacing_nm {min_spacing_nm} < "
+                         f"channel_spacing_nm {start} < max_spacing_nm {hi}")
+    return float(min_spacing_nm), hi
 
 
 class SharedSpacing(nnx.Module):
@@ -108,11 +165,8 @@ class SharedSpacing(nnx.Module):
 
     def __init__(self, model: nnx.Module, hardware: hw.HardwareConfig, min_spacing_nm: float = 0.05,
                  max_spacing_nm: float | None = None):
-        hi = float(hardware.fsr_nm) / hardware.num_channels if max_spacing_nm is None else max_spacing_nm
+        hi = spacing_range(hardware, min_spacing_nm, max_spacing_nm)[1]
         start = float(hardware.channel_spacing_nm)
-        if not 0.0 < min_spacing_nm < start < hi:
-            raise ValueError(f"the spacing range must hold the start: 0 < min_spacing_nm {min_spacing_nm} < "
-                             f"channel_spacing_nm {start} < max_spacing_nm {hi}")
         self.model = model
         self.hardware = hardware
         self.min_spacing_nm, self.max_spacing_nm = float(min_spacing_nm), hi

@@ -15,7 +15,7 @@ from rich.table import Table
 from lumijax import layers
 
 PRODUCTS = ("dot_general", "conv_general_dilated")
-HARDWARE_PARAMS = ("weight_scale", "channel_spacing_nm")
+HARDWARE_PARAMS = ("log_weight_scale", "channel_spacing_nm")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +23,7 @@ class ConversionSummary:
     """Attributes:
       weighted_layers: layers holding a weight bank (linear, conv, tied head).
       activation_cores: cores multiplying two activations (attention, bmm).
-      parameters: model weights (not the hardware knobs ``weight_scale``
+      parameters: model weights (not the hardware knobs ``log_weight_scale``
         and ``channel_spacing_nm``).
       photonic_flops: FLOPs of the matrix products of one forward pass.
       total_flops: all FLOPs of it (elementwise ops one per output element).

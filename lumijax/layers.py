@@ -182,6 +182,14 @@ def set_mode(model: nnx.Module, mode: Mode) -> nnx.Module:
     return model
 
 
+def set_compensation(model: nnx.Module, enabled: bool) -> nnx.Module:
+    """Turns linear crosstalk compensation on or off in every core of
+    ``model`` (in place); returns ``model``."""
+    for core in photonic_cores(model):
+        core.compensate = bool(enabled)
+    return model
+
+
 class QuantizedWeights(nnx.Module):
     """A layer whose weight matrix ``(out, in)`` sits in a ring bank, with
     per-output-channel LSQ scales. Subclasses define ``weight_matrix()`` and

@@ -10,7 +10,8 @@ a penalty on the optical band the grid occupies (``N·Δ``).
 
 Both take a :class:`jax.sharding.Mesh`: the batch is split along the mesh's
 first axis and the model replicated, so one script runs data parallel on
-several devices (and across hosts after ``jax.distributed.initialize``).
+several devices, and across hosts after ``jax.distributed.initialize``
+(there each process passes its own data, and ``batch_size`` is per process).
 
 Batch norms keep their running statistics (the exported graph folds them);
 their scale and shift train like any other parameter.
@@ -241,12 +242,17 @@ def _place(mesh: Mesh | None, model: nnx.Module, optimizer: nnx.Optimizer) -> Ca
     state = nnx.state((model, optimizer))
     nnx.update((model, optimizer), jax.device_put(state, NamedSharding(mesh, PartitionSpec())))
     batch = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
+    if jax.process_count() > 1:  # each process feeds its own share of the global batch
+        return lambda x: jax.make_array_from_process_local_data(batch, x)
     return lambda x: jax.device_put(x, batch)
 
 
 def _train(module: nnx.Module, loss_fn: Callable, data: Data, optimizer: optax.GradientTransformation, steps: int,
            batch_size: int, mesh: Mesh | None, seed: int, progress: bool, description: str,
            after_step: Callable[[nnx.Module, History], None] | None = None) -> History:
+    if mesh is not None and batch_size % mesh.shape[mesh.axis_names[0]]:
+        raise ValueError(f"batch_size = {batch_size} does not split over the {mesh.shape[mesh.axis_names[0]]} devices "
+                         f"of mesh axis {mesh.axis_names[0]!r}")
     module.eval()  # batch norms on their running statistics
     opt = nnx.Optimizer(module, optimizer, wrt=WEIGHTS_AND_SCALES)
     place = _place(mesh, module, opt)

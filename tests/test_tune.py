@@ -141,6 +141,12 @@ SHARDED = textwrap.dedent("""
         model = small_model(seed=3)
         tune.finetune(model, data, optimizer=optax.sgd(0.05), steps=2, batch_size=16, mesh=mesh, progress=False)
         params.append(jax.tree.leaves(nnx.state(model, nnx.Param)))
+    try:
+        tune.finetune(small_model(), data, steps=1, batch_size=6, mesh=mesh, progress=False)
+    except ValueError as err:
+        assert "does not split over the 4 devices" in str(err), err
+    else:
+        raise AssertionError("a batch of 6 over 4 devices was accepted")
     print(json.dumps(max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in zip(*params))))
 """)
 

@@ -26,6 +26,8 @@ from lumijax import convert, layers, zoo
 from lumijax import hardware as hw
 
 STEM = dict(in_channels=1, stem_kernel=3, stem_stride=1, stem_pool=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="out/convert", help="folder for the checkpoint and the model file")

@@ -3,9 +3,9 @@
 A torchvision ResNet-10 (one basic block per stage, small-image stem) is
 trained in torch, converted, and put on a 4-bit photonic core: 4-bit ring
 weights, 4-bit DACs and ADCs, detector noise, and WDM crosstalk at 0.4 nm
-channel spacing (linearly compensated). Fine-tuning under that hardware
-model, with fresh noise every step, wins back the accuracy the hardware
-cost.
+channel spacing (linearly compensated), its converter ranges calibrated on
+the training images. Fine-tuning under that hardware model, with fresh
+noise every step, wins back the accuracy the hardware cost.
 
     python examples/finetune_hardware_aware.py [--out out/finetune] [--steps 150]
 """
@@ -42,11 +42,13 @@ def main() -> None:
     torch_model = zoo.cached_digits_resnet(out / "digits_resnet10.pt", (1, 1, 1, 1), console=console)
     ideal = tune.evaluate(convert.from_torch_recipe(torch_model), test)[1]
     model = convert.from_torch_recipe(torch_model, hardware=HARDWARE, mode="noisy", weight_bits=WEIGHT_BITS)
+    tune.calibrate_ranges(model, split.x_train)
     before = tune.evaluate(model, test)[1]
     start = time.perf_counter()
     history = tune.finetune(model, (split.x_train, split.y_train), optimizer=optax.adam(args.learning_rate),
                             steps=args.steps)
     seconds = time.perf_counter() - start
+    tune.calibrate_ranges(model, split.x_train)
     after = tune.evaluate(model, test)[1]
     recovered = (after - before) / (ideal - before) if ideal > before else float("nan")
 

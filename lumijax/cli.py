@@ -135,6 +135,7 @@ def _tuning(args: argparse.Namespace, codesign: bool) -> int:
         if codesign:
             tune.spacing_range(hardware, args.min_spacing_nm)
         tune.apply_hardware(model, hardware, "noisy")
+        tune.calibrate_ranges(model, data[0], args.batch_size)
         before = tune.evaluate(model, data)
         optimizer = optax.adam(args.learning_rate)
         if codesign:

@@ -1,8 +1,8 @@
 """The end-to-end demonstration behind ``make demo``.
 
 torch model trained on shipped data (scikit-learn's digits; cached) →
-convert to a photonic NNX model → fine-tune under the noisy, 4-bit,
-crosstalk-limited hardware → calibrate the converters → plan the
+convert to a photonic NNX model → calibrate the converters → fine-tune
+under the noisy, 4-bit, crosstalk-limited hardware → recalibrate → plan the
 wavelengths → export the ``.lmn`` file → run it with the Rust ``lmn``
 binary → compare with the Python model → one report and the plots.
 """
@@ -70,6 +70,7 @@ def run(out_dir: Path, console: Console | None = None, steps: int = 60) -> dict:
     torch_model = zoo.cached_digits_resnet(out_dir / "digits_resnet10.pt", BLOCKS, console=console)
     ideal_accuracy = tune.evaluate(convert.from_torch_recipe(torch_model), test)[1]
     model = convert.from_torch_recipe(torch_model, hardware=HARDWARE, mode="noisy", weight_bits=WEIGHT_BITS)
+    tune.calibrate_ranges(model, split.x_train)
     before = tune.evaluate(model, test)[1]
     history = tune.finetune(model, train, optimizer=optax.adam(1e-3), steps=steps, progress=True)
     tune.calibrate_ranges(model, split.x_train)

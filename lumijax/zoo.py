@@ -131,7 +131,7 @@ def text_gpt(vocab_size: int, context: int = 64, width: int = 64, depth: int = 2
     from transformers import GPT2Config, GPT2LMHeadModel
 
     config = GPT2Config(vocab_size=vocab_size, n_positions=context, n_embd=width, n_layer=depth, n_head=heads,
-                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None, eos_token_id=None)
     return GPT2LMHeadModel(config)
 
 

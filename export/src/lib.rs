@@ -12,6 +12,7 @@ pub mod npy;
 pub mod photonic;
 pub mod preamble;
 pub mod runtime;
+mod scratch;
 pub mod tensor;
 pub mod winograd;
 

@@ -16,6 +16,7 @@ use crate::graph::{Core, Op, Step};
 use crate::model::Model;
 pub use crate::photonic::Mode;
 use crate::photonic::{self, gemm, gemm_on_this_thread, Programmed};
+use crate::scratch::with_scratch;
 use crate::tensor::Dtype;
 use crate::winograd;
 
@@ -79,21 +80,6 @@ fn add_rows(y: &mut [f32], bias: &[f32]) {
     for row in y.chunks_exact_mut(bias.len()) {
         row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
     }
-}
-
-thread_local! {
-    /// Patch matrices, reused across convolutions (no page faults, no zeroing).
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` on this thread's scratch buffer, or on a fresh one when the
-/// buffer is in use further up this thread's stack (rayon may run another
-/// task on a thread that waits inside a parallel loop).
-fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
-    SCRATCH.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buffer) => f(&mut buffer),
-        Err(_) => f(&mut Vec::new()),
-    })
 }
 
 /// The geometry of a convolution on an NHWC image.

@@ -8,7 +8,9 @@
 //! direct (im2col) product. The transforms only add and halve, so the result
 //! stays within a few ulp of the direct sum per term.
 
-use lumijax_native::gemm::strided_product_on_this_thread;
+use lumijax_native::gemm::{strided_product_on_this_thread, DisjointOutput};
+
+use crate::scratch::with_scratch;
 use rayon::prelude::*;
 
 /// Transform points per tile (4×4).
@@ -58,25 +60,6 @@ impl Filter {
 pub fn pays(batch: usize, out_hw: [usize; 2], channels: usize) -> bool {
     let tiles = batch * out_hw[0].div_ceil(2) * out_hw[1].div_ceil(2);
     channels >= 64 && tiles >= 32 && POINTS * tiles < 9 * batch * out_hw[0] * out_hw[1]
-}
-
-/// The output pointer shared by tasks that write disjoint pixels or channels.
-struct Output(*mut f32);
-// SAFETY: every task writes only the channels of its own range at the pixels
-// of its own tiles, and the tasks' (tiles × channels) sets are disjoint.
-unsafe impl Send for Output {}
-unsafe impl Sync for Output {}
-
-impl Output {
-    fn ptr(&self) -> *mut f32 {
-        self.0
-    }
-}
-
-thread_local! {
-    /// Transformed tiles and products, reused across calls (no page faults,
-    /// no zeroing).
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The geometry of one Winograd convolution.
@@ -131,7 +114,7 @@ impl Tiling<'_> {
 
     /// `Aᵀ·M·A` of tiles `first..first + count` from `m[ξ][t][k]` (channels
     /// `k0..k0 + kn`) into the output; `work` holds 12·kn.
-    fn transform_output(&self, m: &[f32], first: usize, count: usize, (k0, kn): (usize, usize), out: &Output, work: &mut [f32]) {
+    fn transform_output(&self, m: &[f32], first: usize, count: usize, (k0, kn): (usize, usize), out: &DisjointOutput<f32>, work: &mut [f32]) {
         let (s, tile) = work.split_at_mut(8 * kn);
         let [oh, ow] = self.out_hw;
         let outputs = self.filter.outputs;
@@ -194,14 +177,15 @@ pub fn conv3x3(x: &[f32], shape: &[usize], padding: [[usize; 2]; 2], out_hw: [us
     let channel_blocks = (2 * threads).div_ceil(tile_blocks).min(outputs.div_ceil(64)).max(1);
     let per_channel_block = outputs.div_ceil(channel_blocks);
     let tasks: Vec<(usize, usize)> = (0..tile_blocks).flat_map(|t| (0..channel_blocks).map(move |k| (t, k))).collect();
-    let out = Output(y.as_mut_ptr());
+    // Every task writes only the channels of its own block at the pixels of
+    // its own tiles, and the tasks' (tiles × channels) sets are disjoint.
+    let out = DisjointOutput::new(&mut y);
     tasks.par_iter().try_for_each(|&(tb, kb)| {
         let first = tb * per_block;
         let count = per_block.min(tiles - first);
         let k0 = kb * per_channel_block;
         let kn = per_channel_block.min(outputs - k0);
-        SCRATCH.with(|cell| -> Result<(), String> {
-            let mut scratch = cell.try_borrow_mut().map_err(|_| "Winograd scratch in use")?;
+        with_scratch(|scratch| -> Result<(), String> {
             scratch.resize(POINTS * count * (c + kn) + 2 * POINTS * c + 12 * kn, 0.0);
             let (v, rest) = scratch.split_at_mut(POINTS * count * c);
             let (m, rest) = rest.split_at_mut(POINTS * count * kn);

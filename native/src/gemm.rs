@@ -209,14 +209,22 @@ fn output_blocks(m: usize, n: usize, threads: usize) -> Vec<(std::ops::Range<usi
     }
 }
 
-/// The output pointer shared by tasks that write disjoint blocks of it.
-struct Output<T>(*mut T);
-// SAFETY: the tasks write disjoint blocks of the output (`output_blocks`).
-unsafe impl<T: Send> Send for Output<T> {}
-unsafe impl<T: Send> Sync for Output<T> {}
+/// An output buffer shared by parallel tasks that each write their own,
+/// disjoint elements of it through [`DisjointOutput::ptr`]. Writing is
+/// `unsafe`: the caller keeps every write inside the buffer it was made from
+/// and never lets two tasks write the same element.
+pub struct DisjointOutput<T>(*mut T);
+// SAFETY: the pointer is only written through under the contract above.
+unsafe impl<T: Send> Send for DisjointOutput<T> {}
+unsafe impl<T: Send> Sync for DisjointOutput<T> {}
 
-impl<T> Output<T> {
-    fn ptr(&self) -> *mut T {
+impl<T> DisjointOutput<T> {
+    pub fn new(buffer: &mut [T]) -> Self {
+        DisjointOutput(buffer.as_mut_ptr())
+    }
+
+    /// The buffer's first element.
+    pub fn ptr(&self) -> *mut T {
         self.0
     }
 }
@@ -279,7 +287,8 @@ pub fn batched_matmul<T: Element>(
     } else {
         let blocks = output_blocks(m, n, threads);
         for (index, out) in c.chunks_mut(m * n).enumerate() {
-            let out = Output(out.as_mut_ptr());
+            // The blocks of `output_blocks` are disjoint.
+            let out = DisjointOutput::new(out);
             blocks.par_iter().for_each(|(rows, cols)| block(index, rows.clone(), cols.clone(), out.ptr()));
         }
     }

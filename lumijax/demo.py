@@ -76,10 +76,9 @@ def run(out_dir: Path, console: Console | None = None, steps: int = 60) -> dict:
     tune.calibrate_ranges(model, split.x_train)
     after = tune.evaluate(model, test)[1]
 
-    planner = wdm.WDMPlanner(HARDWARE)
-    path = LuminaExporter(HARDWARE, planner).export(model, out_dir / "digits_resnet10.lmn", [split.x_test])
-    header, _ = lmn.read(path)
-    plan = wdm.WDMMap.from_dict(header["wdm"])
+    graph = LuminaExporter(HARDWARE, wdm.WDMPlanner(HARDWARE)).graph(model, [split.x_test])
+    path = lmn.write(graph, out_dir / "digits_resnet10.lmn")
+    plan = wdm.WDMMap.from_dict(graph.wdm)
     spacings = np.array([op.spacing_nm for op in plan.ops])
 
     layers.set_mode(model, "expected")

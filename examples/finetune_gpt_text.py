@@ -57,7 +57,6 @@ def main() -> None:
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(args.learning_rate))
     history = tune.finetune(model, train, optimizer=optimizer, steps=args.steps)
     seconds = time.perf_counter() - start
-    tune.calibrate_ranges(model, train[0][:512])
     after = perplexity(model, test)
 
     table = Table(title=f"character GPT on CPython's topic help ({len(text.vocabulary)} characters, {len(test[0])} held-out "

@@ -143,7 +143,6 @@ def _tuning(args: argparse.Namespace, codesign: bool) -> int:
                                                min_spacing_nm=args.min_spacing_nm, batch_size=args.batch_size)
         else:
             history, chosen = tune.finetune(model, data, optimizer=optimizer, steps=args.steps, batch_size=args.batch_size), hardware
-        tune.calibrate_ranges(model, data[0], args.batch_size)
         after = tune.evaluate(model, data)
         out = convert.save(model, args.out)
     except (convert.ModelFileError, ValueError, OSError, FloatingPointError) as err:

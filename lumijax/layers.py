@@ -206,7 +206,7 @@ class QuantizedWeights(nnx.Module):
         self.log_weight_scale = nnx.Param(jnp.log(self._minmax_scale(w)))
 
     def _minmax_scale(self, w: Array) -> Array:
-        return quant.WeightQuantizer(bits=self.weight_bits, method="minmax").calibrate(w, {"snr_db": 100.0}).scale
+        return quant.minmax_scale(w, self.weight_bits)
 
     def scale(self) -> Array:
         """The quantization step of each output channel (weight units)."""

@@ -233,6 +233,14 @@ def _grid_scales(w: np.ndarray, bits: int, symmetric: bool, alpha: Array, per_ch
     return scale, zero
 
 
+def minmax_scale(w: Array, bits: int) -> Array:
+    """The symmetric min-max step of each output channel of ``w``
+    ``(out, in)``: ``max|w_row| / (2^(bits−1) − 1)``, shape ``(out, 1)``.
+    Traceable (no validation; see :class:`WeightQuantizer` for checked
+    calibration)."""
+    return _grid_scales(w, bits, True, 1.0, True)[0]
+
+
 def output_error(
     w: Array,
     params: QuantParams,
@@ -461,7 +469,7 @@ class DynamicRangeEstimator:
 
     def update(self, state: RangeState, x: Array) -> RangeState:
         """The state after observing the batch ``x`` (any shape)."""
-        batch = jnp.percentile(jnp.abs(x).astype(jnp.float32), self.percentile)
+        batch = jnp.percentile(jnp.abs(jax.lax.stop_gradient(x)).astype(jnp.float32), self.percentile)
         value = jnp.where(state.count == 0, batch, self.momentum * state.range + (1.0 - self.momentum) * batch)
         snr = hw.snr(self.hardware or hw.HardwareConfig())
         return RangeState(value, value / jnp.sqrt(snr), state.count + 1)

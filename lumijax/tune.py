@@ -15,6 +15,15 @@ several devices, and across hosts after ``jax.distributed.initialize``
 
 Batch norms keep their running statistics (the exported graph folds them);
 their scale and shift train like any other parameter.
+
+Converter ranges are hardware settings: set them once with
+:func:`calibrate_ranges` before tuning, and tuning trains the weights for
+those DAC and ADC ranges, which the exported file then keeps. Tracking the
+ranges during training, or recalibrating after it, moves them away from
+what the weights were trained for: on the digits ResNet-10 neither did
+better than fixed ranges (tracking also made steps 2.5× slower), and on the
+character GPT recalibrating after tuning raised the perplexity from 6.6 to
+7.4.
 """
 
 from __future__ import annotations
@@ -103,15 +112,21 @@ def _evaluate_batch(model: nnx.Module, x: Array, y: Array) -> tuple[Array, Array
     return cross_entropy(model(x), y)
 
 
-def evaluate(model: nnx.Module, data: Data, batch_size: int = 256) -> tuple[float, float]:
+def evaluate(model: nnx.Module, data: Data, batch_size: int = 256, draws: int = 1) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` on all of ``data`` in its
-    current mode (noise drawn from the cores' streams in ``"noisy"``)."""
+    current mode, averaged over ``draws`` passes (each with fresh noise from
+    the cores' streams in ``"noisy"`` mode; one pass is exact otherwise)."""
     inputs, targets = _check_data(data)
+    if draws < 1:
+        raise ValueError(f"draws = {draws}: need at least 1")
+    if all(core.mode != "noisy" for core in layers.photonic_cores(model)):
+        draws = 1
     totals = np.zeros(2)
-    for start in range(0, len(inputs), batch_size):
-        x, y = inputs[start:start + batch_size], targets[start:start + batch_size]
-        totals += len(x) * np.asarray(_evaluate_batch(model, x, y), np.float64)
-    return tuple(float(v) for v in totals / len(inputs))
+    for _ in range(draws):
+        for start in range(0, len(inputs), batch_size):
+            x, y = inputs[start:start + batch_size], targets[start:start + batch_size]
+            totals += len(x) * np.asarray(_evaluate_batch(model, x, y), np.float64)
+    return tuple(float(v) for v in totals / (draws * len(inputs)))
 
 
 @nnx.jit
@@ -284,7 +299,7 @@ def _train(module: nnx.Module, loss_fn: Callable, data: Data, optimizer: optax.G
 
 def finetune(model: nnx.Module, data: Data, hardware: hw.HardwareConfig | None = None,
              optimizer: optax.GradientTransformation | None = None, steps: int = 200, *, batch_size: int = 64,
-             mesh: Mesh | None = None, seed: int = 0, progress: bool = True) -> History:
+             mesh: Mesh | None = None, seed: int = 0, progress: bool = True, mode: layers.Mode = "noisy") -> History:
     """Fine-tunes ``model`` in place under noisy hardware.
 
     Args:
@@ -299,14 +314,17 @@ def finetune(model: nnx.Module, data: Data, hardware: hw.HardwareConfig | None =
       mesh: shard the batch over this mesh's first axis.
       seed: batch order.
       progress: show a progress bar.
+      mode: the cores' mode while training: ``"noisy"``; ``"ideal"``
+        trains the float model alike (a control for what the extra
+        training alone gives).
 
     Returns:
       The loss and accuracy of every step.
     """
     if hardware is not None:
-        apply_hardware(model, hardware, "noisy")
+        apply_hardware(model, hardware, mode)
     else:
-        layers.set_mode(model, "noisy")
+        layers.set_mode(model, mode)
 
     def loss_fn(model, x, y):
         loss, accuracy = cross_entropy(model(x), y)

@@ -171,3 +171,10 @@ def test_range_estimator_tracks_an_ema_of_percentiles_under_jit():
     assert float(estimator.scale(state, 8, signed=False)) == pytest.approx(want / 255, rel=1e-4)
     with pytest.raises(ValueError, match="momentum"):
         quant.DynamicRangeEstimator(momentum=1.0)
+
+
+def test_minmax_scale_is_the_row_peak_over_the_top_code_and_traces():
+    w = weight_sets()["outliers"]
+    reference = np.abs(w).max(axis=1, keepdims=True) / 7.0  # 4 bits: codes −8…7
+    np.testing.assert_allclose(quant.minmax_scale(jnp.asarray(w), 4), reference, rtol=1e-6)
+    np.testing.assert_allclose(jax.jit(quant.minmax_scale, static_argnums=1)(w, 4), reference, rtol=1e-6)

@@ -20,6 +20,7 @@ from lumijax import layers, tune
 from lumijax.convert.factory import LayerFactory
 from lumijax import hardware as hw
 
+
 def digits(count: int = 512) -> tuple[np.ndarray, np.ndarray]:
     """Flattened 8×8 digits in [0, 1] and their labels."""
     data = load_digits()
@@ -64,6 +65,19 @@ def test_finetune_draws_fresh_noise_every_step():
     assert losses[0] != losses[1]
     layers.set_mode(model, "expected")
     assert tune.evaluate(model, (x, y))[0] == tune.evaluate(model, (x, y))[0]
+
+
+def test_evaluate_averages_over_noise_draws():
+    x, y = digits(64)
+    model = small_model()
+    tune.apply_hardware(model, hw.HardwareConfig(), "noisy")
+    twin = nnx.clone(model)  # the same noise streams
+    averaged = tune.evaluate(model, (x, y), draws=3)
+    singles = [tune.evaluate(twin, (x, y)) for _ in range(3)]
+    np.testing.assert_allclose(averaged, np.mean(singles, axis=0), rtol=1e-6)
+    assert len({loss for loss, _ in singles}) == 3  # three different draws
+    with pytest.raises(ValueError, match="draws = 0"):
+        tune.evaluate(model, (x, y), draws=0)
 
 
 def test_codesign_gradient_in_spacing_matches_finite_differences():

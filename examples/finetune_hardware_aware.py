@@ -45,7 +45,7 @@ def main() -> None:
     console, out = Console(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     split = zoo.digits()
-    test = (split.x_test, split.y_test)
+    train, test = (split.x_train, split.y_train), (split.x_test, split.y_test)
 
     torch_model = zoo.cached_digits_resnet(out / "digits_resnet10.pt", (1, 1, 1, 1), console=console)
     ideal = tune.evaluate(convert.from_torch_recipe(torch_model), test)[1]
@@ -53,13 +53,12 @@ def main() -> None:
     tune.calibrate_ranges(model, split.x_train)
     before = tune.evaluate(model, test, draws=args.draws)[1]
     start = time.perf_counter()
-    history = tune.finetune(model, (split.x_train, split.y_train), optimizer=optax.adam(args.learning_rate),
-                            steps=args.steps)
+    history = tune.finetune(model, train, optimizer=optax.adam(args.learning_rate), steps=args.steps)
     seconds = time.perf_counter() - start
     after = tune.evaluate(model, test, draws=args.draws)[1]
     control = convert.from_torch_recipe(torch_model)
-    tune.finetune(control, (split.x_train, split.y_train), optimizer=optax.adam(args.learning_rate), steps=args.steps,
-                  mode="ideal", progress=False)
+    tune.finetune(control, train, optimizer=optax.adam(args.learning_rate), steps=args.steps, mode="ideal",
+                  progress=False)
     control_accuracy = tune.evaluate(control, test)[1]
 
     def recovered(reference: float) -> float:

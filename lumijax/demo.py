@@ -4,7 +4,8 @@ torch model trained on shipped data (scikit-learn's digits; cached) →
 convert to a photonic NNX model → calibrate the converters → fine-tune
 under the noisy, 4-bit, crosstalk-limited hardware (for those converter
 ranges, which the file keeps) → plan the wavelengths → export the ``.lmn``
-file → run it with the Rust ``lmn`` binary → compare with the Python model → one report and the plots.
+file → run it with the Rust ``lmn`` binary → compare with the Python model
+→ one report and the plots.
 """
 
 from __future__ import annotations
@@ -48,13 +49,13 @@ def native_table(info: dict) -> Table:
     return table
 
 
-def _run_lmn(binary: Path, model: Path, x: np.ndarray, out_dir: Path, mode: str, seed: int = 0) -> tuple[np.ndarray, float]:
-    """``lmn run`` in a fresh process; its output and wall time (s)."""
-    np.save(out_dir / "demo_input.npy", x)
+def _run_lmn(binary: Path, model: Path, inputs: Path, out_dir: Path, mode: str, seed: int = 0) -> tuple[np.ndarray, float]:
+    """``lmn run`` on the ``.npy`` file ``inputs`` in a fresh process; its
+    output and wall time (s)."""
     output = out_dir / f"demo_output_{mode}.npy"
     start = time.perf_counter()
-    subprocess.run([binary, "run", model, "--input", out_dir / "demo_input.npy", "--output", output, "--mode", mode,
-                    "--seed", str(seed)], check=True, capture_output=True, text=True)
+    subprocess.run([binary, "run", model, "--input", inputs, "--output", output, "--mode", mode, "--seed", str(seed)],
+                   check=True, capture_output=True, text=True)
     return np.load(output), time.perf_counter() - start
 
 
@@ -86,8 +87,10 @@ def run(out_dir: Path, console: Console | None = None, steps: int = 60) -> dict:
 
     layers.set_mode(model, "expected")
     python_logits = np.asarray(model(split.x_test))
-    rust_logits, rust_s = _run_lmn(binary, path, split.x_test, out_dir, "expected")
-    rust_noisy = np.mean([zoo.accuracy(_run_lmn(binary, path, split.x_test, out_dir, "noisy", seed)[0], split.y_test)
+    inputs = out_dir / "demo_input.npy"
+    np.save(inputs, split.x_test)
+    rust_logits, rust_s = _run_lmn(binary, path, inputs, out_dir, "expected")
+    rust_noisy = np.mean([zoo.accuracy(_run_lmn(binary, path, inputs, out_dir, "noisy", seed)[0], split.y_test)
                           for seed in range(DRAWS)])
     difference = float(np.abs(rust_logits - python_logits).max() / np.abs(python_logits).max())
     startup = json.loads(subprocess.run([binary, "bench", path, "--iterations", "1", "--json"], check=True,

@@ -300,7 +300,7 @@ def _train(module: nnx.Module, loss_fn: Callable, data: Data, optimizer: optax.G
 def finetune(model: nnx.Module, data: Data, hardware: hw.HardwareConfig | None = None,
              optimizer: optax.GradientTransformation | None = None, steps: int = 200, *, batch_size: int = 64,
              mesh: Mesh | None = None, seed: int = 0, progress: bool = True, mode: layers.Mode = "noisy") -> History:
-    """Fine-tunes ``model`` in place under noisy hardware.
+    """Fine-tunes ``model`` in place under its hardware (noisy by default).
 
     Args:
       model: a photonic model (converted GPT, ResNet or program) whose

@@ -43,7 +43,7 @@ def sweep(model, hardware: hw.HardwareConfig, test: tune.Data, draws: int = 3) -
     accuracies = []
     for spacing in SPACINGS_NM:
         tune.apply_hardware(model, hardware.replace(channel_spacing_nm=float(spacing)), "noisy")
-        accuracies.append(np.mean([tune.evaluate(model, test)[1] for _ in range(draws)]))
+        accuracies.append(tune.evaluate(model, test, draws=draws)[1])
     return np.array(accuracies)
 
 

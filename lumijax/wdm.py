@@ -175,7 +175,10 @@ def crosstalk_cost(power: np.ndarray, slots: Sequence[int], coupling: np.ndarray
     """``Σ_{i≠j} P_i·P_j·C[slot_i, slot_j]`` for inputs placed in ``slots``."""
     p = np.asarray(power, np.float64)
     c = coupling[np.ix_(slots, slots)]
-    return float(p @ (c - np.diag(np.diag(c))) @ p)
+    # Elementwise products and numpy's pairwise sum rather than a BLAS
+    # product, whose summation order depends on the CPU's kernel: the same
+    # bits on every machine, so written files are reproducible.
+    return float(np.sum(np.outer(p, p) * (c - np.diag(np.diag(c)))))
 
 
 def assign_slots(power: np.ndarray, coupling: np.ndarray, passes: int = 20) -> list[int]:

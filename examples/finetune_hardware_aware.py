@@ -24,7 +24,6 @@ import json
 import time
 from pathlib import Path
 
-import optax
 from rich.console import Console
 from rich.table import Table
 
@@ -39,7 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="out/finetune", help="folder for the checkpoint, plot and results")
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--learning-rate", type=float, default=3e-4, help="peak of the warm-up/cosine Adam schedule")
     parser.add_argument("--draws", type=int, default=5, help="noise draws averaged per noisy accuracy")
     args = parser.parse_args()
     console, out = Console(), Path(args.out)
@@ -53,12 +52,13 @@ def main() -> None:
     tune.calibrate_ranges(model, split.x_train)
     before = tune.evaluate(model, test, draws=args.draws)[1]
     start = time.perf_counter()
-    history = tune.finetune(model, train, optimizer=optax.adam(args.learning_rate), steps=args.steps)
+    history = tune.finetune(model, train, optimizer=tune.warmup_cosine_adam(args.learning_rate, args.steps),
+                            steps=args.steps)
     seconds = time.perf_counter() - start
     after = tune.evaluate(model, test, draws=args.draws)[1]
     control = convert.from_torch_recipe(torch_model)
-    tune.finetune(control, train, optimizer=optax.adam(args.learning_rate), steps=args.steps, mode="ideal",
-                  progress=False)
+    tune.finetune(control, train, optimizer=tune.warmup_cosine_adam(args.learning_rate, args.steps), steps=args.steps,
+                  mode="ideal", progress=False)
     control_accuracy = tune.evaluate(control, test)[1]
 
     def recovered(reference: float) -> float:

@@ -137,11 +137,12 @@ def _tuning(args: argparse.Namespace, codesign: bool) -> int:
         tune.apply_hardware(model, hardware, "noisy")
         tune.calibrate_ranges(model, data[0], args.batch_size)
         before = tune.evaluate(model, data)
-        optimizer = optax.adam(args.learning_rate)
         if codesign:
-            _, chosen, history = tune.codesign(model, data, hardware, optimizer, args.steps, band_weight=args.band_weight,
-                                               min_spacing_nm=args.min_spacing_nm, batch_size=args.batch_size)
+            _, chosen, history = tune.codesign(model, data, hardware, optax.adam(args.learning_rate), args.steps,
+                                               band_weight=args.band_weight, min_spacing_nm=args.min_spacing_nm,
+                                               batch_size=args.batch_size)
         else:
+            optimizer = tune.warmup_cosine_adam(args.learning_rate, args.steps)
             history, chosen = tune.finetune(model, data, optimizer=optimizer, steps=args.steps, batch_size=args.batch_size), hardware
         after = tune.evaluate(model, data)
         out = convert.save(model, args.out)
@@ -305,7 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
                             help="training data: 'digits' (scikit-learn, 1×8×8 images) or an .npz with inputs and targets")
         tuning.add_argument("--out", required=True, help="where to write the tuned model (.msgpack)")
         tuning.add_argument("--steps", type=int, default=200)
-        tuning.add_argument("--learning-rate", type=float, default=1e-3)
+        if codesign:
+            tuning.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's learning rate for the weights")
+        else:
+            tuning.add_argument("--learning-rate", type=float, default=3e-4,
+                                help="peak Adam learning rate (linear warm-up, then cosine decay)")
         tuning.add_argument("--batch-size", type=int, default=64)
         tuning.add_argument("--plot", metavar="PNG", help="write the loss and accuracy curves here")
         if codesign:

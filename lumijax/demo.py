@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import optax
 from rich.console import Console
 from rich.table import Table
 
@@ -30,7 +29,8 @@ from lumijax.runtime import lmn_binary
 HARDWARE = hw.HardwareConfig(channel_spacing_nm=0.4, dac_bits=4, adc_bits=4)
 WEIGHT_BITS = 4
 BLOCKS = (1, 1, 1, 1)  # ResNet-10
-#: Fine-tuning starts from a trained model: small Adam steps.
+#: Fine-tuning starts from a trained model: Adam peaking at this rate,
+#: warmed up and cosine-decayed (:func:`lumijax.tune.warmup_cosine_adam`).
 LEARNING_RATE = 3e-4
 #: Noisy accuracies are the mean over this many noise draws of the test set.
 DRAWS = 5
@@ -77,7 +77,7 @@ def run(out_dir: Path, console: Console | None = None, steps: int = 60) -> dict:
     model = convert.from_torch_recipe(torch_model, hardware=HARDWARE, mode="noisy", weight_bits=WEIGHT_BITS)
     tune.calibrate_ranges(model, split.x_train)
     before = tune.evaluate(model, test, draws=DRAWS)[1]
-    history = tune.finetune(model, train, optimizer=optax.adam(LEARNING_RATE), steps=steps, progress=True)
+    history = tune.finetune(model, train, optimizer=tune.warmup_cosine_adam(LEARNING_RATE, steps), steps=steps, progress=True)
     after = tune.evaluate(model, test, draws=DRAWS)[1]
 
     graph = LuminaExporter(HARDWARE, wdm.WDMPlanner(HARDWARE)).graph(model, [split.x_test])

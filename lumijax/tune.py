@@ -297,6 +297,23 @@ def _train(module: nnx.Module, loss_fn: Callable, data: Data, optimizer: optax.G
     return history
 
 
+def warmup_cosine_adam(peak_learning_rate: float, steps: int, warmup_fraction: float = 0.1,
+                       final_fraction: float = 0.05) -> optax.GradientTransformation:
+    """Adam whose learning rate rises linearly from 0 to
+    ``peak_learning_rate`` over the first ``warmup_fraction`` of ``steps``,
+    then follows a half cosine down to ``final_fraction·peak``: the usual
+    schedule for fine-tuning a trained model, whose last iterate is then not
+    one large step away from the optimum it settled in."""
+    if steps < 1 or peak_learning_rate <= 0:
+        raise ValueError(f"steps = {steps} and peak_learning_rate = {peak_learning_rate} must be positive")
+    if not (0.0 <= warmup_fraction < 1.0 and 0.0 <= final_fraction <= 1.0):
+        raise ValueError(f"warmup_fraction = {warmup_fraction} must lie in [0, 1) and final_fraction = "
+                         f"{final_fraction} in [0, 1]")
+    schedule = optax.warmup_cosine_decay_schedule(0.0, peak_learning_rate, int(warmup_fraction * steps), steps,
+                                                  final_fraction * peak_learning_rate)
+    return optax.adam(schedule)
+
+
 def finetune(model: nnx.Module, data: Data, hardware: hw.HardwareConfig | None = None,
              optimizer: optax.GradientTransformation | None = None, steps: int = 200, *, batch_size: int = 64,
              mesh: Mesh | None = None, seed: int = 0, progress: bool = True, mode: layers.Mode = "noisy") -> History:
@@ -308,7 +325,8 @@ def finetune(model: nnx.Module, data: Data, hardware: hw.HardwareConfig | None =
       data: ``(inputs, targets)``: e.g. images ``(N, C, H, W)`` with class
         ids ``(N,)``, or token ids ``(N, T)`` with next tokens ``(N, T)``.
       hardware: the hardware to train under; default, the cores' own.
-      optimizer: an optax transformation; default Adam, learning rate 1e-3.
+      optimizer: an optax transformation; default
+        :func:`warmup_cosine_adam` peaking at 3e-4 over ``steps``.
       steps: optimizer steps.
       batch_size: examples per step (divisible by the mesh's first axis).
       mesh: shard the batch over this mesh's first axis.
@@ -330,7 +348,7 @@ def finetune(model: nnx.Module, data: Data, hardware: hw.HardwareConfig | None =
         loss, accuracy = cross_entropy(model(x), y)
         return loss, (loss, accuracy)
 
-    return _train(model, loss_fn, data, optimizer or optax.adam(1e-3), steps, batch_size, mesh, seed, progress,
+    return _train(model, loss_fn, data, optimizer or warmup_cosine_adam(3e-4, steps), steps, batch_size, mesh, seed, progress,
                   "fine-tuning under the hardware")
 
 

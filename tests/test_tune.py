@@ -80,6 +80,26 @@ def test_evaluate_averages_over_noise_draws():
         tune.evaluate(model, (x, y), draws=0)
 
 
+def test_warmup_cosine_adam_follows_its_schedule():
+    peak, steps, warmup = 2e-3, 40, 4
+    optimizer = tune.warmup_cosine_adam(peak, steps, warmup_fraction=0.1, final_fraction=0.05)
+    params, grad = jnp.zeros(3), jnp.array([0.5, -2.0, 1e-2])
+    state, updates = optimizer.init(params), []
+    for _ in range(steps):
+        update, state = optimizer.update(grad, state, params)
+        updates.append(np.asarray(update))
+    # Adam on a constant gradient has m̂ = g and v̂ = g²: each step moves by
+    # the learning rate against the gradient's sign (float32, ε = 1e-8).
+    t = np.arange(steps)
+    cosine = 0.05 * peak + 0.95 * peak * (1 + np.cos(np.pi * (t - warmup) / (steps - warmup))) / 2
+    rate = np.where(t < warmup, peak * t / warmup, cosine)
+    np.testing.assert_allclose(np.asarray(updates), -np.sign(grad) * rate[:, None], rtol=1e-4, atol=1e-12)
+    with pytest.raises(ValueError, match="steps = 0"):
+        tune.warmup_cosine_adam(1e-3, 0)
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        tune.warmup_cosine_adam(1e-3, 10, warmup_fraction=1.0)
+
+
 def test_codesign_gradient_in_spacing_matches_finite_differences():
     # Expected mode with 16-bit converters: the loss is smooth in the spacing
     # up to steps far below the difference step.

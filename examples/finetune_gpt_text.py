@@ -40,7 +40,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="out/gpt", help="folder for the checkpoint, plot and results")
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak of the warm-up/cosine Adam schedule")
     args = parser.parse_args()
     console, out = Console(), Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,7 +54,7 @@ def main() -> None:
     tune.calibrate_ranges(model, train[0][:512])
     before = perplexity(model, test)
     start = time.perf_counter()
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(args.learning_rate))
+    optimizer = optax.chain(optax.clip_by_global_norm(1.0), tune.warmup_cosine_adam(args.learning_rate, args.steps))
     history = tune.finetune(model, train, optimizer=optimizer, steps=args.steps)
     seconds = time.perf_counter() - start
     after = perplexity(model, test)

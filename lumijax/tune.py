@@ -6,7 +6,8 @@ pass through their LSQ fake quantizers (straight-through rounding, learnable
 scales), and crosstalk follows the current channel spacing. :func:`codesign`
 also trains one channel spacing shared by every core, through a sigmoid
 parametrisation that keeps it inside ``[min_spacing_nm, fsr_nm/N]``, with
-a penalty on the optical band the grid occupies (``N·Δ``).
+a penalty on the optical band the grid occupies (``N·Δ``). Fine-tuning can
+also distil a teacher (the float model) next to the labels.
 
 Both take a :class:`jax.sharding.Mesh`: the batch is split along the mesh's
 first axis and the model replicated, so one script runs data parallel on
@@ -105,6 +106,16 @@ def cross_entropy(logits: Array, targets: Array) -> tuple[Array, Array]:
     loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets).mean()
     accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == targets)
     return loss, accuracy
+
+
+def distillation_loss(logits: Array, teacher_logits: Array, temperature: float = 2.0) -> Array:
+    """Knowledge distillation (Hinton et al. 2015): ``T²`` times the mean
+    ``KL(softmax(teacher/T) ‖ softmax(logits/T))`` over all but the last
+    axis (nats). The ``T²`` keeps its gradient's size independent of ``T``."""
+    log_student = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
+    log_teacher = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
+    kl = jnp.sum(jnp.exp(log_teacher) * (log_teacher - log_student), axis=-1)
+    return temperature ** 2 * kl.mean()
 
 
 @nnx.jit
@@ -249,13 +260,14 @@ def batches(data: Data, batch_size: int, seed: int = 0) -> Iterator[tuple[np.nda
             yield inputs[index], targets[index]
 
 
-def _place(mesh: Mesh | None, model: nnx.Module, optimizer: nnx.Optimizer) -> Callable[[np.ndarray], Any]:
-    """Replicates the state over ``mesh`` and returns how to place a batch
-    (split along the mesh's first axis); without a mesh, batches stay as given."""
+def _place(mesh: Mesh | None, *objects: nnx.Object) -> Callable[[np.ndarray], Any]:
+    """Replicates the state of ``objects`` (model, optimizer, teacher) over
+    ``mesh`` and returns how to place a batch (split along the mesh's first
+    axis); without a mesh, batches stay as given."""
     if mesh is None:
         return jnp.asarray
-    state = nnx.state((model, optimizer))
-    nnx.update((model, optimizer), jax.device_put(state, NamedSharding(mesh, PartitionSpec())))
+    state = nnx.state(objects)
+    nnx.update(objects, jax.device_put(state, NamedSharding(mesh, PartitionSpec())))
     batch = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
     if jax.process_count() > 1:  # each process feeds its own share of the global batch
         return lambda x: jax.make_array_from_process_local_data(batch, x)
@@ -264,16 +276,19 @@ def _place(mesh: Mesh | None, model: nnx.Module, optimizer: nnx.Optimizer) -> Ca
 
 def _train(module: nnx.Module, loss_fn: Callable, data: Data, optimizer: optax.GradientTransformation, steps: int,
            batch_size: int, mesh: Mesh | None, seed: int, progress: bool, description: str,
-           after_step: Callable[[nnx.Module, History], None] | None = None) -> History:
+           after_step: Callable[[nnx.Module, History], None] | None = None,
+           teacher: nnx.Module | None = None) -> History:
     if mesh is not None and batch_size % mesh.shape[mesh.axis_names[0]]:
         raise ValueError(f"batch_size = {batch_size} does not split over the {mesh.shape[mesh.axis_names[0]]} devices "
                          f"of mesh axis {mesh.axis_names[0]!r}")
     module.eval()  # batch norms on their running statistics
     opt = nnx.Optimizer(module, optimizer, wrt=WEIGHTS_AND_SCALES)
-    place = _place(mesh, module, opt)
+    place = _place(mesh, module, opt, *([] if teacher is None else [teacher]))
 
     @nnx.jit
-    def step(module, opt, x, y):
+    def step(module, opt, teacher, x, y):
+        if teacher is not None:  # targets for distillation: labels and the teacher's logits
+            y = (y, jax.lax.stop_gradient(teacher(x)))
         grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, WEIGHTS_AND_SCALES), has_aux=True)
         (loss, (task, accuracy)), grads = grad_fn(module, x, y)
         opt.update(module, grads)
@@ -285,7 +300,7 @@ def _train(module: nnx.Module, loss_fn: Callable, data: Data, optimizer: optax.G
     with Progress(*columns, disable=not progress, transient=True) as bar:
         task_id = bar.add_task(description, total=steps, loss=float("nan"), accuracy=0.0)
         for _, (x, y) in zip(range(steps), batches(data, batch_size, seed)):
-            loss, task, accuracy = (float(v) for v in step(module, opt, place(x), place(y)))
+            loss, task, accuracy = (float(v) for v in step(module, opt, teacher, place(x), place(y)))
             if not np.isfinite(loss):
                 raise FloatingPointError(f"the loss became {loss} at step {len(history.loss)}; lower the learning rate")
             history.loss.append(loss)
@@ -316,8 +331,16 @@ def warmup_cosine_adam(peak_learning_rate: float, steps: int, warmup_fraction: f
 
 def finetune(model: nnx.Module, data: Data, hardware: hw.HardwareConfig | None = None,
              optimizer: optax.GradientTransformation | None = None, steps: int = 200, *, batch_size: int = 64,
-             mesh: Mesh | None = None, seed: int = 0, progress: bool = True, mode: layers.Mode = "noisy") -> History:
+             mesh: Mesh | None = None, seed: int = 0, progress: bool = True, mode: layers.Mode = "noisy",
+             teacher: nnx.Module | None = None, distillation_weight: float = 0.5,
+             temperature: float = 2.0) -> History:
     """Fine-tunes ``model`` in place under its hardware (noisy by default).
+
+    With a ``teacher`` (typically the float model the photonic one was
+    converted from), the loss is ``(1 − α)·CE(labels) + α·KD`` with
+    :func:`distillation_loss`: the teacher's soft targets still carry
+    information where a well-trained model already fits every training
+    label, so they guide the weights back towards the float model's outputs.
 
     Args:
       model: a photonic model (converted GPT, ResNet or program) whose
@@ -335,21 +358,34 @@ def finetune(model: nnx.Module, data: Data, hardware: hw.HardwareConfig | None =
       mode: the cores' mode while training: ``"noisy"``; ``"ideal"``
         trains the float model alike (a control for what the extra
         training alone gives).
+      teacher: a model whose logits (of the same shape) are distilled;
+        it is run as it is (put it in ``"ideal"`` mode) and not trained.
+      distillation_weight: ``α``, the distillation term's share, in [0, 1].
+      temperature: the softmax temperature ``T`` of the distillation.
 
     Returns:
-      The loss and accuracy of every step.
+      The loss and accuracy of every step (``task_loss`` is the
+      cross-entropy with the labels).
     """
+    if not 0.0 <= distillation_weight <= 1.0 or temperature <= 0:
+        raise ValueError(f"distillation_weight = {distillation_weight} must lie in [0, 1] and temperature = "
+                         f"{temperature} be positive")
     if hardware is not None:
         apply_hardware(model, hardware, mode)
     else:
         layers.set_mode(model, mode)
 
     def loss_fn(model, x, y):
-        loss, accuracy = cross_entropy(model(x), y)
-        return loss, (loss, accuracy)
+        if teacher is None:
+            loss, accuracy = cross_entropy(model(x), y)
+            return loss, (loss, accuracy)
+        (labels, teacher_logits), logits = y, model(x)
+        task, accuracy = cross_entropy(logits, labels)
+        distilled = distillation_loss(logits, teacher_logits, temperature)
+        return (1.0 - distillation_weight) * task + distillation_weight * distilled, (task, accuracy)
 
     return _train(model, loss_fn, data, optimizer or warmup_cosine_adam(3e-4, steps), steps, batch_size, mesh, seed, progress,
-                  "fine-tuning under the hardware")
+                  "fine-tuning under the hardware", teacher=teacher)
 
 
 def codesign(model: nnx.Module, data: Data, hardware: hw.HardwareConfig,

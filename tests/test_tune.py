@@ -14,6 +14,7 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from jax.test_util import check_grads
 from sklearn.datasets import load_digits
 
 from lumijax import layers, tune
@@ -78,6 +79,50 @@ def test_evaluate_averages_over_noise_draws():
     assert len({loss for loss, _ in singles}) == 3  # three different draws
     with pytest.raises(ValueError, match="draws = 0"):
         tune.evaluate(model, (x, y), draws=0)
+
+
+def test_distillation_loss_is_the_tempered_kl_times_t_squared():
+    rng = np.random.default_rng(0)
+    student, teacher = rng.normal(size=(2, 5, 7)), 3 * rng.normal(size=(2, 5, 7))
+    temperature = 2.5
+
+    def log_softmax(z):
+        z = z - z.max(axis=-1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+    p = np.exp(log_softmax(teacher / temperature))
+    want = temperature ** 2 * np.mean(np.sum(p * (log_softmax(teacher / temperature) - log_softmax(student / temperature)), -1))
+    assert float(tune.distillation_loss(jnp.asarray(student), jnp.asarray(teacher), temperature)) == pytest.approx(want, rel=1e-5)
+    assert float(tune.distillation_loss(jnp.asarray(teacher), jnp.asarray(teacher), temperature)) == pytest.approx(0.0, abs=1e-6)
+    check_grads(lambda s: tune.distillation_loss(s, jnp.asarray(teacher, jnp.float32), temperature),
+                (jnp.asarray(student, jnp.float32),), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
+
+
+def test_finetune_distils_a_teacher():
+    x, y = digits(256)
+    teacher = small_model(seed=1)  # ideal mode
+    tune.finetune(teacher, (x, y), optimizer=optax.adam(3e-3), steps=30, mode="ideal", progress=False)
+    student = small_model(seed=0)
+    tune.apply_hardware(student, hw.HardwareConfig(), "noisy")
+    twin = nnx.clone(student)  # the same weights and noise streams
+
+    def divergence(model):
+        layers.set_mode(model, "expected")
+        value = float(tune.distillation_loss(model(x), teacher(x)))
+        layers.set_mode(model, "noisy")
+        return value
+
+    start = divergence(student)
+    tune.finetune(student, (x, y), optimizer=optax.adam(3e-3), steps=30, progress=False, teacher=teacher,
+                  distillation_weight=1.0)
+    assert divergence(student) < 0.3 * start
+    # With α = 0 the teacher only rides along: the run is the plain one.
+    plain = tune.finetune(nnx.clone(twin), (x, y), optimizer=optax.adam(3e-3), steps=5, progress=False)
+    riding = tune.finetune(twin, (x, y), optimizer=optax.adam(3e-3), steps=5, progress=False, teacher=teacher,
+                           distillation_weight=0.0)
+    np.testing.assert_allclose(riding.loss, plain.loss, rtol=1e-6)
+    with pytest.raises(ValueError, match="distillation_weight"):
+        tune.finetune(twin, (x, y), steps=1, progress=False, teacher=teacher, distillation_weight=1.5)
 
 
 def test_warmup_cosine_adam_follows_its_schedule():

@@ -7,7 +7,8 @@ channel spacing (linearly compensated), its converter ranges calibrated on
 the training images. Fine-tuning under that hardware model, with fresh
 noise every step, the converter ranges held where calibration put them
 (as the exported file keeps them) and the float model's outputs distilled
-next to the labels, wins back the accuracy the hardware cost. Noisy accuracies are means over several noise draws of the test set.
+next to the labels, wins back the accuracy the hardware cost. Noisy
+accuracies are means over several noise draws of the test set.
 
 Fine-tuning is also more training: as a control, the float model is
 trained alike (same steps, optimizer and batches) and its accuracy is
@@ -47,14 +48,14 @@ def main() -> None:
     train, test = (split.x_train, split.y_train), (split.x_test, split.y_test)
 
     torch_model = zoo.cached_digits_resnet(out / "digits_resnet10.pt", (1, 1, 1, 1), console=console)
-    ideal = tune.evaluate(convert.from_torch_recipe(torch_model), test)[1]
+    float_model = convert.from_torch_recipe(torch_model)  # the reference, and the teacher distilled
+    ideal = tune.evaluate(float_model, test)[1]
     model = convert.from_torch_recipe(torch_model, hardware=HARDWARE, mode="noisy", weight_bits=WEIGHT_BITS)
     tune.calibrate_ranges(model, split.x_train)
     before = tune.evaluate(model, test, draws=args.draws)[1]
     start = time.perf_counter()
-    teacher = convert.from_torch_recipe(torch_model)  # the float model, distilled
     history = tune.finetune(model, train, optimizer=tune.warmup_cosine_adam(args.learning_rate, args.steps),
-                            steps=args.steps, teacher=teacher)
+                            steps=args.steps, teacher=float_model)
     seconds = time.perf_counter() - start
     after = tune.evaluate(model, test, draws=args.draws)[1]
     control = convert.from_torch_recipe(torch_model)

@@ -297,20 +297,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--plan", action="store_true", help="plan the wavelengths first and record the WDM map")
     export.set_defaults(run=_export)
 
+    helps = {"tune": "fine-tune a converted model under its noisy, quantized, crosstalk-limited hardware",
+             "codesign": "train weights, quantization scales and one channel spacing together"}
+    rates = {"tune": (3e-4, "peak Adam learning rate (linear warm-up, then cosine decay)"),
+             "codesign": (1e-3, "Adam's learning rate for the weights")}
     for name, codesign in (("tune", False), ("codesign", True)):
-        helps = {"tune": "fine-tune a converted model under its noisy, quantized, crosstalk-limited hardware",
-                 "codesign": "train weights, quantization scales and one channel spacing together"}
         tuning = commands.add_parser(name, help=helps[name])
         tuning.add_argument("model", help="a model written by lumijax convert")
         tuning.add_argument("--data", default="digits",
                             help="training data: 'digits' (scikit-learn, 1×8×8 images) or an .npz with inputs and targets")
         tuning.add_argument("--out", required=True, help="where to write the tuned model (.msgpack)")
         tuning.add_argument("--steps", type=int, default=200)
-        if codesign:
-            tuning.add_argument("--learning-rate", type=float, default=1e-3, help="Adam's learning rate for the weights")
-        else:
-            tuning.add_argument("--learning-rate", type=float, default=3e-4,
-                                help="peak Adam learning rate (linear warm-up, then cosine decay)")
+        rate_default, rate_help = rates[name]
+        tuning.add_argument("--learning-rate", type=float, default=rate_default, help=rate_help)
         tuning.add_argument("--batch-size", type=int, default=64)
         tuning.add_argument("--plot", metavar="PNG", help="write the loss and accuracy curves here")
         if codesign:

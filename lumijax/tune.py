@@ -114,8 +114,7 @@ def distillation_loss(logits: Array, teacher_logits: Array, temperature: float =
     axis (nats). The ``T²`` keeps its gradient's size independent of ``T``."""
     log_student = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
     log_teacher = jax.nn.log_softmax(teacher_logits.astype(jnp.float32) / temperature, axis=-1)
-    kl = jnp.sum(jnp.exp(log_teacher) * (log_teacher - log_student), axis=-1)
-    return temperature ** 2 * kl.mean()
+    return temperature ** 2 * optax.losses.kl_divergence_with_log_targets(log_student, log_teacher).mean()
 
 
 @nnx.jit

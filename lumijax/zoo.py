@@ -29,16 +29,36 @@ class Split(NamedTuple):
     y_test: np.ndarray
 
 
-def digits(seed: int = 0, train_fraction: float = 0.8) -> Split:
-    """scikit-learn's 1797 digits (8×8, 10 classes), shuffled and split."""
+def _digit_images() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1797 digits as ``(N, 1, 8, 8)`` in [0, 1] and labels."""
     from sklearn.datasets import load_digits
 
     data = load_digits()
-    x = (data.images / 16.0).astype(np.float32)[:, None]
+    return (data.images / 16.0).astype(np.float32)[:, None], data.target
+
+
+def digits(seed: int = 0, train_fraction: float = 0.8) -> Split:
+    """scikit-learn's 1797 digits (8×8, 10 classes), shuffled and split."""
+    x, y = _digit_images()
     order = np.random.default_rng(seed).permutation(len(x))
-    x, y = x[order], data.target[order]
+    x, y = x[order], y[order]
     split = int(train_fraction * len(x))
     return Split(x[:split], y[:split], x[split:], y[split:])
+
+
+def digits_folds(folds: int, seed: int = 0) -> list[Split]:
+    """K-fold cross-validation splits of scikit-learn's digits: one shuffle
+    (``seed``) cut into ``folds`` near-equal parts, each the test set of one
+    split and trained on the rest, so that every digit is tested once."""
+    if folds < 2:
+        raise ValueError(f"folds = {folds}: cross-validation needs at least 2")
+    x, y = _digit_images()
+    parts = np.array_split(np.random.default_rng(seed).permutation(len(x)), folds)
+    splits = []
+    for fold, test in enumerate(parts):
+        train = np.concatenate(parts[:fold] + parts[fold + 1:])
+        splits.append(Split(x[train], y[train], x[test], y[test]))
+    return splits
 
 
 def digits_resnet(blocks: tuple[int, int, int, int] = (2, 2, 2, 2)):
@@ -80,9 +100,9 @@ def train_classifier(model, split: Split, epochs: int, *, learning_rate: float =
 
 
 def cached_digits_resnet(path: str | Path, blocks: tuple[int, int, int, int] = (2, 2, 2, 2), epochs: int = 6,
-                         console: Console | None = None):
+                         console: Console | None = None, split: Split | None = None):
     """The digits ResNet from ``path`` when it exists (read weights-only),
-    else trained on :func:`digits` and saved there."""
+    else trained on ``split`` (default :func:`digits`) and saved there."""
     import torch
 
     path = Path(path)
@@ -90,7 +110,7 @@ def cached_digits_resnet(path: str | Path, blocks: tuple[int, int, int, int] = (
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
-    model = train_classifier(model, digits(), epochs, console=console)
+    model = train_classifier(model, digits() if split is None else split, epochs, console=console)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     return model

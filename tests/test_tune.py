@@ -98,24 +98,30 @@ def test_distillation_loss_is_the_tempered_kl_times_t_squared():
                 (jnp.asarray(student, jnp.float32),), order=1, modes=["rev"], atol=1e-2, rtol=1e-2)
 
 
-def test_finetune_distils_a_teacher():
-    x, y = digits(256)
+def trained_teacher(x: np.ndarray, y: np.ndarray) -> nnx.Module:
     teacher = small_model(seed=1)  # ideal mode
     tune.finetune(teacher, (x, y), optimizer=optax.adam(3e-3), steps=30, mode="ideal", progress=False)
+    return teacher
+
+
+def divergence(model: nnx.Module, teacher: nnx.Module, x: np.ndarray) -> float:
+    """The distillation loss of ``model`` (without noise) on ``x``."""
+    layers.set_mode(model, "expected")
+    value = float(tune.distillation_loss(model(x), teacher(x)))
+    layers.set_mode(model, "noisy")
+    return value
+
+
+def test_finetune_distils_a_teacher():
+    x, y = digits(256)
+    teacher = trained_teacher(x, y)
     student = small_model(seed=0)
     tune.apply_hardware(student, hw.HardwareConfig(), "noisy")
     twin = nnx.clone(student)  # the same weights and noise streams
-
-    def divergence(model):
-        layers.set_mode(model, "expected")
-        value = float(tune.distillation_loss(model(x), teacher(x)))
-        layers.set_mode(model, "noisy")
-        return value
-
-    start = divergence(student)
+    start = divergence(student, teacher, x)
     tune.finetune(student, (x, y), optimizer=optax.adam(3e-3), steps=30, progress=False, teacher=teacher,
                   distillation_weight=1.0)
-    assert divergence(student) < 0.3 * start
+    assert divergence(student, teacher, x) < 0.3 * start
     # With α = 0 the teacher only rides along: the run is the plain one.
     plain = tune.finetune(nnx.clone(twin), (x, y), optimizer=optax.adam(3e-3), steps=5, progress=False)
     riding = tune.finetune(twin, (x, y), optimizer=optax.adam(3e-3), steps=5, progress=False, teacher=teacher,
@@ -123,6 +129,52 @@ def test_finetune_distils_a_teacher():
     np.testing.assert_allclose(riding.loss, plain.loss, rtol=1e-6)
     with pytest.raises(ValueError, match="distillation_weight"):
         tune.finetune(twin, (x, y), steps=1, progress=False, teacher=teacher, distillation_weight=1.5)
+
+
+def test_mixup_blends_each_example_with_another_of_the_batch():
+    x = np.random.default_rng(0).normal(size=(16, 1, 3, 4)).astype(np.float32)
+    blended, permutation, share = tune.mixup_inputs(jnp.asarray(x), jax.random.key(3))
+    permutation, share = np.asarray(permutation), np.asarray(share)
+    assert sorted(permutation) == list(range(16))
+    assert ((share >= 0) & (share < 1)).all() and share.std() > 0.1
+    want = share[:, None, None, None] * x + (1 - share[:, None, None, None]) * x[permutation]
+    np.testing.assert_allclose(np.asarray(blended), want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="token ids"):
+        tune.mixup_inputs(jnp.arange(16), jax.random.key(0))
+
+
+def test_mixed_cross_entropy_blends_the_two_labels_losses():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(8, 5)).astype(np.float32)
+    targets, partners = rng.integers(0, 5, 8), rng.integers(0, 5, 8)
+    share = rng.uniform(size=8).astype(np.float32)
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    rows = np.arange(8)
+    want = np.mean(-share * log_p[rows, targets] - (1 - share) * log_p[rows, partners])
+    loss, accuracy = tune.mixed_cross_entropy(jnp.asarray(logits), targets, partners, jnp.asarray(share))
+    assert float(loss) == pytest.approx(want, rel=1e-5)
+    dominant = np.where(share >= 0.5, targets, partners)
+    assert float(accuracy) == pytest.approx(np.mean(logits.argmax(-1) == dominant))
+    # With all of the blend from the first input, it is the plain cross-entropy.
+    assert float(tune.mixed_cross_entropy(jnp.asarray(logits), targets, partners, jnp.ones(8))[0]) == pytest.approx(
+        float(tune.cross_entropy(jnp.asarray(logits), targets)[0]), rel=1e-6)
+    check_grads(lambda z: tune.mixed_cross_entropy(z, targets, partners, jnp.asarray(share))[0],
+                (jnp.asarray(logits),), order=1, modes=("rev",))
+
+
+def test_finetune_with_mixup_distils_the_teacher_between_the_examples():
+    x, y = digits(256)
+    teacher = trained_teacher(x, y)
+    student = small_model(seed=0)
+    tune.apply_hardware(student, hw.HardwareConfig(), "noisy")
+    blends = np.asarray(tune.mixup_inputs(jnp.asarray(x), jax.random.key(99))[0])  # blends not trained on
+    start = divergence(student, teacher, blends)
+    history = tune.finetune(student, (x, y), optimizer=optax.adam(3e-3), steps=30, progress=False, teacher=teacher,
+                            distillation_weight=1.0, mixup=True)
+    assert divergence(student, teacher, blends) < 0.3 * start
+    assert len(history.loss) == 30 and np.isfinite(history.task_loss).all()
+    with pytest.raises(ValueError, match="mixup needs floating inputs"):
+        tune.finetune(student, (np.arange(256)[:, None], y), steps=1, progress=False, mixup=True)
 
 
 def test_warmup_cosine_adam_follows_its_schedule():

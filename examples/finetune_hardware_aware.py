@@ -120,7 +120,7 @@ def main() -> None:
                "draws": args.draws, "learning_rate": args.learning_rate, "hardware": HARDWARE.to_dict(),
                "weight_bits": WEIGHT_BITS}
     (out / "finetune.json").write_text(json.dumps(results, indent=2))
-    console.print(f"curves (last split) in {figure}, numbers in {out / 'finetune.json'}")
+    console.print(f"curves{'' if single else ' (last fold)'} in {figure}, numbers in {out / 'finetune.json'}")
 
 
 if __name__ == "__main__":

@@ -5,9 +5,9 @@ trained in torch, converted, and put on a 4-bit photonic core: 4-bit ring
 weights, 4-bit DACs and ADCs, detector noise, and WDM crosstalk at 0.4 nm
 channel spacing (linearly compensated), its converter ranges calibrated on
 the training images. Fine-tuning under that hardware model, with fresh
-noise every step and the converter ranges held where calibration put them
-(as the exported file keeps them), distils the float model on mixup blends
-of the training images and wins back the accuracy the hardware cost. Noisy
+noise every step, the converter ranges held where calibration put them
+(as the exported file keeps them) and the float model's outputs distilled
+next to the labels, wins back the accuracy the hardware cost. Noisy
 accuracies are means over several noise draws of the test set.
 
 Fine-tuning is also more training: as a control, the float model is
@@ -54,7 +54,7 @@ def compare(split: zoo.Split, checkpoint: Path, steps: int, learning_rate: float
     before = tune.evaluate(model, test, draws=draws)[1]
     start = time.perf_counter()
     history = tune.finetune(model, train, optimizer=tune.warmup_cosine_adam(learning_rate, steps), steps=steps,
-                            teacher=float_model, distillation_weight=1.0, mixup=True)
+                            teacher=float_model)
     seconds = time.perf_counter() - start
     after = tune.evaluate(model, test, draws=draws)[1]
     control = convert.from_torch_recipe(torch_model)

@@ -54,8 +54,8 @@ _FLOAT_RANGES: dict[str, tuple[float, float, bool, bool]] = {
 }
 _INT_RANGES: dict[str, tuple[int, int]] = {
     "num_channels": (1, 4096),
-    "dac_bits": (1, 16),
-    "adc_bits": (1, 16),
+    "dac_bits": (2, 16),
+    "adc_bits": (2, 16),
 }
 
 
@@ -78,8 +78,8 @@ class HardwareConfig:
       load_resistance_ohm: transimpedance load R_L setting thermal noise (Ω).
       temperature_K: receiver temperature (K).
       rin_db_per_hz: laser relative intensity noise (dB/Hz, negative).
-      dac_bits: resolution of the input modulator DACs (bits, 1..16).
-      adc_bits: resolution of the output ADCs (bits, 1..16).
+      dac_bits: resolution of the input modulator DACs (bits, 2..16).
+      adc_bits: resolution of the output ADCs (bits, 2..16).
       thermal_coupling: fraction of a ring heater's tuning that reaches its
         nearest neighbour; it decays geometrically, κ^d at distance d. [0, 1).
       thermo_optic_nm_per_K: resonance shift per kelvin dλ/dT (nm/K);

@@ -10,9 +10,10 @@ quantization → the product → detector noise (``"noisy"`` only, from the
 the (log) scales are ``nnx.Param``s, so gradients reach them.
 
 DAC and ADC ranges come from :class:`~lumijax.quant.DynamicRangeEstimator`
-states that :meth:`PhotonicCore.observe` updates (call the layer with
+states that :meth:`PhotonicCore.product` updates (call the layer with
 ``observe=True`` on calibration data); before any observation the range of
-the current batch is used.
+the current batch is used. A DAC whose inputs were never negative (after a
+ReLU, or images in [0, 1]) drives its modulator with unsigned codes.
 """
 
 from __future__ import annotations
@@ -48,8 +49,8 @@ class PhotonicCore(nnx.Module):
       hardware: the hardware model; its ``channel_spacing_nm`` becomes a
         trainable parameter.
       mode: ``"ideal"``, ``"expected"`` or ``"noisy"``.
-      input_bits: DAC bits (default ``hardware.dac_bits``).
-      output_bits: ADC bits (default ``hardware.adc_bits``).
+      input_bits: DAC bits, 2..16 (default ``hardware.dac_bits``).
+      output_bits: ADC bits, 2..16 (default ``hardware.adc_bits``).
       compensate: program linear crosstalk compensation.
       drift_K: temperature offset of the rings from calibration (K), scalar
         or per ring ``(num_channels,)``.
@@ -70,6 +71,9 @@ class PhotonicCore(nnx.Module):
         self.mode = _check_mode(mode)
         self.input_bits = input_bits or self.hardware.dac_bits
         self.output_bits = output_bits or self.hardware.adc_bits
+        for name, bits in (("input_bits", self.input_bits), ("output_bits", self.output_bits)):
+            if not 2 <= bits <= 16:
+                raise ValueError(f"PhotonicCore.{name} = {bits}: converters take 2..16 bits")
         self.compensate = compensate
         self.drift_K = drift_K
         self.channel_spacing_nm = nnx.Param(jnp.float32(self.hardware.channel_spacing_nm))
@@ -87,14 +91,18 @@ class PhotonicCore(nnx.Module):
         """The converter range: tracked once observed, else this batch's ``max|x|``."""
         return jnp.where(state.count > 0, state.range, jax.lax.stop_gradient(jnp.max(jnp.abs(x))))
 
-    def _convert(self, x: Array, state: quant.RangeState, bits: int) -> Array:
-        """Fake-quantize ``x`` with a DAC/ADC of ``bits`` over its range."""
-        full_scale = self._full_scale(x, state)
-        scale = jnp.maximum(full_scale, jnp.finfo(jnp.float32).tiny) / ((1 << (bits - 1)) - 1)
-        return quant.fake_quant(x, quant.QuantParams(scale, jnp.int32(0), bits))
+    @staticmethod
+    def _input_signed(x: Array, state: quant.RangeState) -> Array:
+        """Whether the DAC needs signed codes: a negative input was observed
+        (else, before any observation, this batch holds one)."""
+        return jnp.where(state.count > 0, state.signed, jax.lax.stop_gradient(jnp.min(x)) < 0)
 
     def product(self, x: Array, w: Array, *, observe: bool = False, key: Array | None = None) -> Array:
         """``x·Wᵀ`` on the core; ``w`` ``(out, in)`` already weight-quantized.
+
+        The DAC is unsigned (``2^b − 1`` levels over ``[0, range]``) for
+        inputs that are never negative, such as those after a ReLU, and
+        signed otherwise; the ADC after the balanced detectors is signed.
 
         Args:
           x: ``(..., in)``.
@@ -108,19 +116,20 @@ class PhotonicCore(nnx.Module):
         config = self.config()
         if observe:
             self.input_range.set_value(self.estimator.update(self.input_range.get_value(), x))
-        x_q = self._convert(x, self.input_range.get_value(), self.input_bits)
+        input_state = self.input_range.get_value()
+        full_scale = self._full_scale(x, input_state)
+        x_q = quant.fake_convert(x, full_scale, self.input_bits, self._input_signed(x, input_state))
         detuning = hw.thermal_drift_nm(config, jnp.broadcast_to(jnp.asarray(self.drift_K, jnp.float32), (config.num_channels,)))
         if self.mode != "noisy":
             key = None
         elif key is None:
             key = self.rngs.noise()
-        full_scale = self._full_scale(x, self.input_range.get_value())
         y = hw.photonic_matmul(
             x_q, w, config, key, ring_detuning_nm=detuning, compensate=self.compensate, input_full_scale=full_scale
         )
         if observe:
             self.output_range.set_value(self.estimator.update(self.output_range.get_value(), y))
-        return self._convert(y, self.output_range.get_value(), self.output_bits)
+        return quant.fake_convert(y, self._full_scale(y, self.output_range.get_value()), self.output_bits)
 
     def pairwise(self, a: Array, b: Array) -> Array:
         """``a·bᵀ`` over the last two axes, batched over the leading ones,

@@ -24,7 +24,7 @@ from lumijax import hardware as hw
 from lumijax import peg
 
 MAGIC = b"LMN\0"
-MAJOR, MINOR = 1, 0
+MAJOR, MINOR = 2, 0
 PREAMBLE = struct.Struct("<4sHHQ")
 MAX_HEADER_LEN = 16 * 1024 * 1024
 ALIGN = 64

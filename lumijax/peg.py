@@ -152,6 +152,7 @@ class _Builder:
             "input_bits": int(core.input_bits),
             "output_bits": int(core.output_bits),
             "input_range": float(ranges[0].range) if int(ranges[0].count) > 0 else None,
+            "input_signed": bool(ranges[0].signed) if int(ranges[0].count) > 0 else None,
             "output_range": float(ranges[1].range) if int(ranges[1].count) > 0 else None,
             "channel_spacing_nm": spacing,
             "snr": float(hw.snr(config, include_crosstalk=False)),

@@ -92,27 +92,45 @@ def fake_quant(w: Array, params: QuantParams) -> Array:
     scale and zero point get no gradient here; :func:`lsq_quant` learns a
     scale.
     """
-    return _fake_quant(w, params.scale, params.zero_point, params.bits)
+    lo, hi = params.code_range
+    return _fake_quant(w, params.scale, params.zero_point, jnp.float32(lo), jnp.float32(hi))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _fake_quant(w: Array, scale: Array, zero_point: Array, bits: int) -> Array:
-    lo, hi = code_range(bits)
+def fake_convert(x: Array, full_scale: Array, bits: int, signed: Array | bool = True) -> Array:
+    """A DAC or ADC of ``bits`` (2..16) over ``full_scale``, fake-quantized
+    with the straight-through gradient.
+
+    Signed, the codes ``[−2^(b−1), 2^(b−1) − 1]`` span ``±full_scale``;
+    unsigned (an intensity modulator's drive, whose light cannot be
+    negative), the codes ``[0, 2^b − 1]`` span ``[0, full_scale]``, twice the
+    levels, and negative values clip to 0. ``signed`` may be traced.
+    """
+    if not 2 <= bits <= 16:
+        raise ValueError(f"converter bits = {bits} must be in 2..16")
+    half = (1 << (bits - 1)) - 1
+    hi = jnp.where(signed, jnp.float32(half), jnp.float32((1 << bits) - 1))
+    lo = jnp.where(signed, jnp.float32(-half - 1), jnp.float32(0.0))
+    scale = jnp.maximum(full_scale, jnp.finfo(jnp.float32).tiny) / hi
+    return _fake_quant(x, scale, jnp.int32(0), lo, hi)
+
+
+@jax.custom_vjp
+def _fake_quant(w: Array, scale: Array, zero_point: Array, lo: Array, hi: Array) -> Array:
     return scale * (jnp.clip(jnp.round(w / scale + zero_point), lo, hi) - zero_point)
 
 
-def _fake_quant_fwd(w, scale, zero_point, bits):
-    return _fake_quant(w, scale, zero_point, bits), (w, scale, zero_point)
+def _fake_quant_fwd(w, scale, zero_point, lo, hi):
+    return _fake_quant(w, scale, zero_point, lo, hi), (w, scale, zero_point, lo, hi)
 
 
-def _fake_quant_bwd(bits, residuals, g):
-    w, scale, zero_point = residuals
-    lo, hi = code_range(bits)
+def _fake_quant_bwd(residuals, g):
+    w, scale, zero_point, lo, hi = residuals
     # Inside: the value rounds to a code the range holds (so the end of the
     # range itself, reached up to rounding, passes the gradient).
     code = jnp.round(w / scale + zero_point)
     inside = (code >= lo) & (code <= hi)
-    return jnp.where(inside, g, 0.0), jnp.zeros_like(scale), np.zeros(jnp.shape(zero_point), jax.dtypes.float0)
+    zero_point_grad = np.zeros(jnp.shape(zero_point), jax.dtypes.float0)
+    return jnp.where(inside, g, 0.0), jnp.zeros_like(scale), zero_point_grad, jnp.zeros_like(lo), jnp.zeros_like(hi)
 
 
 _fake_quant.defvjp(_fake_quant_fwd, _fake_quant_bwd)
@@ -437,11 +455,19 @@ class RangeState(NamedTuple):
       range: EMA of the robust absolute range of the activations.
       noise_std: detector noise std in activation units at that range.
       count: updates so far.
+      minimum: the smallest activation seen; when it is not negative, the
+        converter can be unsigned (see :func:`fake_convert`).
     """
 
     range: Array
     noise_std: Array
     count: Array
+    minimum: Array
+
+    @property
+    def signed(self) -> Array:
+        """Whether a negative activation has been seen (bool, traced)."""
+        return self.minimum < 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -451,7 +477,8 @@ class DynamicRangeEstimator:
     The range is an exponential moving average (``momentum``) of the
     ``percentile``-th percentile of ``|x|`` — robust to rare outliers that a
     max would chase; the first update takes the batch value. The noise level
-    is the detector noise ``range/√SNR`` of ``hardware``.
+    is the detector noise ``range/√SNR`` of ``hardware``. The minimum is the
+    exact running minimum, so that one negative value makes the range signed.
     """
 
     momentum: float = 0.9
@@ -465,17 +492,14 @@ class DynamicRangeEstimator:
             raise ValueError(f"DynamicRangeEstimator.percentile = {self.percentile} must be in (0, 100]")
 
     def init(self) -> RangeState:
-        return RangeState(jnp.float32(0.0), jnp.float32(0.0), jnp.int32(0))
+        return RangeState(jnp.float32(0.0), jnp.float32(0.0), jnp.int32(0), jnp.float32(0.0))
 
     def update(self, state: RangeState, x: Array) -> RangeState:
         """The state after observing the batch ``x`` (any shape)."""
-        batch = jnp.percentile(jnp.abs(jax.lax.stop_gradient(x)).astype(jnp.float32), self.percentile)
-        value = jnp.where(state.count == 0, batch, self.momentum * state.range + (1.0 - self.momentum) * batch)
+        x = jax.lax.stop_gradient(x).astype(jnp.float32)
+        batch = jnp.percentile(jnp.abs(x), self.percentile)
+        first = state.count == 0
+        value = jnp.where(first, batch, self.momentum * state.range + (1.0 - self.momentum) * batch)
+        minimum = jnp.where(first, jnp.min(x), jnp.minimum(state.minimum, jnp.min(x)))
         snr = hw.snr(self.hardware or hw.HardwareConfig())
-        return RangeState(value, value / jnp.sqrt(snr), state.count + 1)
-
-    @staticmethod
-    def scale(state: RangeState, bits: int, signed: bool = True) -> Array:
-        """DAC scale for ``bits``-wide codes spanning ``±range`` (or ``[0, range]``)."""
-        levels = (1 << (bits - 1)) - 1 if signed else (1 << bits) - 1
-        return jnp.maximum(state.range, jnp.finfo(jnp.float32).tiny) / levels
+        return RangeState(value, value / jnp.sqrt(snr), state.count + 1, minimum)

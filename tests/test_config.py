@@ -30,7 +30,7 @@ INVALID = [
     ("thermo_optic_nm_per_K", math.inf),
     ("dac_bits", 0),
     ("dac_bits", 17),
-    ("adc_bits", 0),
+    ("adc_bits", 1),
     ("adc_bits", 32),
     ("num_channels", 0),
     ("dac_bits", 8.0),

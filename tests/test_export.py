@@ -134,7 +134,7 @@ def split(blob: bytes) -> tuple[dict, bytes]:
     return msgpack.unpackb(blob[16:16 + header_len], raw=False), blob[data_offset:]
 
 
-def assemble(header: dict, data: bytes, *, checksum: bool = True, major: int = 1) -> bytes:
+def assemble(header: dict, data: bytes, *, checksum: bool = True, major: int = lmn.MAJOR) -> bytes:
     if checksum:
         header = {**header, "checksum": {"algorithm": "crc32", "value": zlib.crc32(data)}}
     raw = msgpack.packb(header, use_bin_type=True)
@@ -175,12 +175,12 @@ def hostile(resnet_blob: bytes) -> dict[str, tuple[bytes, str, str]]:
         "truncated header": (resnet_blob[:16 + header_len // 2], "truncated", "truncated"),
         "truncated data": (resnet_blob[: len(resnet_blob) - len(data) // 2], "outside the data section", "outside the data section"),
         "wrong magic": (b"GGUF" + resnet_blob[4:], "magic", "magic"),
-        "wrong major version": (assemble(header, data, major=2), "version 2.0", "version 2.0"),
+        "wrong major version": (assemble(header, data, major=1), "version 1.0", "version 1.0"),
         "zero header length": (resnet_blob[:8] + struct.pack("<Q", 0) + resnet_blob[16:], "header_len 0", "header_len 0"),
         "header length past the cap": (resnet_blob[:8] + struct.pack("<Q", 1 << 40) + resnet_blob[16:], "out of range", "out of range"),
         "header length past the end": (resnet_blob[:8] + struct.pack("<Q", len(resnet_blob)) + resnet_blob[16:], "truncated", "truncated"),
         "header not msgpack": (resnet_blob[:16] + b"\xc1" * header_len + resnet_blob[16 + header_len:], "header", "header"),
-        "huge array claim": (struct.pack("<4sHHQ", b"LMN\0", 1, 0, 5) + b"\xdd\xff\xff\xff\xff", "header", "header"),
+        "huge array claim": (struct.pack("<4sHHQ", b"LMN\0", lmn.MAJOR, 0, 5) + b"\xdd\xff\xff\xff\xff", "header", "header"),
         "shape product overflows": (edited(resnet_blob, overflow), "overflows", "overflows"),
         "offset out of bounds": (edited(resnet_blob, lambda h: tensor(h, "fc.bias").update(offset=len(data) + 64)), "outside the data section", "outside the data section"),
         "misaligned offset": (edited(resnet_blob, lambda h: tensor(h, "fc.bias").update(offset=tensor(h, "fc.bias")["offset"] + 4)), "multiple of 64", "multiple of 64"),
@@ -216,6 +216,18 @@ def test_hostile_files_are_refused_by_both_readers(small_resnet, tmp_path):
         with pytest.raises(lmn.LmnError) as rust_error:
             runtime.from_bytes(bad)
         assert rust_says in str(rust_error.value), f"{name}: Rust said {rust_error.value}"
+
+
+def test_the_rust_reader_checks_the_core_attributes(small_resnet):
+    model, x = small_resnet
+    blob = lmn.encode(peg.build(model, [x]))
+    core = lambda h: node(h, "linear")["attrs"]["core"]
+    for edit, message in [(lambda h: core(h).update(input_bits=1), "input_bits must be 2..=16"),
+                          (lambda h: core(h).update(input_signed="yes"), "input_signed must be a bool or nil"),
+                          (lambda h: core(h).update(output_range=-1.0), "output_range must be > 0"),
+                          (lambda h: core(h).update(snr=0.0), "snr must be > 0")]:
+        with pytest.raises(lmn.LmnError, match=message):
+            runtime.from_bytes(edited(blob, edit))
 
 
 def test_shape_inference_catches_wrong_declarations(small_resnet):

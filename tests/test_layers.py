@@ -99,6 +99,30 @@ def test_range_trackers_observe_calibration_batches():
     assert float(state.range) == pytest.approx(0.9 * p1 + 0.1 * p2, rel=1e-4)
 
 
+def test_the_dac_is_unsigned_for_inputs_never_seen_negative():
+    config = hw.HardwareConfig(quality_factor=1e6)  # no crosstalk to speak of
+    layer = layers.OpticalLinear(40, 8, use_bias=False, weight_bits=16,
+                                 core=core(hardware=config, compensate=False, input_bits=4, output_bits=16),
+                                 rngs=nnx.Rngs(3))
+    w = np.asarray(layer.quantized(layer.kernel[...].T))
+    relu = np.maximum(np.asarray(X), 0.0)
+
+    def dac(x, levels, lo):  # codes over [0, max] or ±max of the batch
+        step = np.abs(x).max() / levels
+        return step * np.clip(np.round(x / step), lo, levels)
+
+    for x, levels, lo in [(relu, 15, 0), (np.asarray(X), 7, -8)]:
+        want = dac(x, levels, lo) @ w.T
+        np.testing.assert_allclose(layer(jnp.asarray(x)), want, atol=1e-3 * np.abs(want).max())
+    layer(jnp.asarray(relu), observe=True)  # once observed non-negative, negatives clip to 0
+    assert not bool(layer.core.input_range.get_value().signed)
+    layer.core.output_range.set_value(layer.core.estimator.init())  # the ADC on this batch's range, not clipping
+    tracked = float(layer.core.input_range.get_value().range)
+    step = tracked / 15
+    want = step * np.clip(np.round(np.asarray(X) / step), 0, 15) @ w.T
+    np.testing.assert_allclose(layer(X), want, atol=1e-3 * np.abs(want).max())
+
+
 def test_gradients_reach_spacing_and_scales_and_match_finite_differences():
     config = hw.HardwareConfig(channel_spacing_nm=0.3, quality_factor=1e4)
     with jax.enable_x64(True):

@@ -31,6 +31,8 @@ pub struct Core {
     pub input_bits: u32,
     pub output_bits: u32,
     pub input_range: Option<f32>,
+    /// Signed DAC codes (`Some(true)`), unsigned (`Some(false)`), or decided by the batch.
+    pub input_signed: Option<bool>,
     pub output_range: Option<f32>,
     pub channel_spacing_nm: f64,
     pub snr: f64,
@@ -189,6 +191,11 @@ impl NodeCtx<'_> {
             Some(Msg::Array(list)) => Some(list.iter().map(|v| self.uint(v, "slot_order")).collect::<Result<Vec<_>, _>>()?),
             Some(_) => return Err(self.err("core.slot_order must be an array or nil")),
         };
+        let input_signed = match get("input_signed") {
+            None | Some(Msg::Nil) => None,
+            Some(Msg::Boolean(b)) => Some(*b),
+            Some(_) => return Err(self.err("core.input_signed must be a bool or nil")),
+        };
         let snr = self.float(need("snr")?, "snr")?;
         if snr <= 0.0 {
             return Err(self.err("core.snr must be > 0"));
@@ -197,6 +204,7 @@ impl NodeCtx<'_> {
             input_bits: bits("input_bits")?,
             output_bits: bits("output_bits")?,
             input_range: range("input_range")?,
+            input_signed,
             output_range: range("output_range")?,
             channel_spacing_nm: self.float(need("channel_spacing_nm")?, "channel_spacing_nm")?,
             snr,

@@ -34,11 +34,13 @@ pub fn gemm_on_this_thread(a: &[f32], b: &[f32], c: &mut [f32], (m, k, n): (usiz
     strided_product_on_this_thread(a, b, n, c, (m, k, n)).map_err(|e| e.to_string())
 }
 
-/// `x ← s·clip(round_half_even(x/s), −2^(b−1), 2^(b−1)−1)`, `s = range/(2^(b−1)−1)`.
-pub fn fake_quant(x: &mut [f32], range: f32, bits: u32) {
-    let levels = ((1u32 << (bits - 1)) - 1) as f32;
-    let scale = range.max(f32::MIN_POSITIVE) / levels;
-    let (lo, hi) = (-levels - 1.0, levels);
+/// A converter of `bits`: signed, `x ← s·clip(round_half_even(x/s), −2^(b−1), 2^(b−1)−1)`,
+/// `s = range/(2^(b−1)−1)`; unsigned, `x ← s·clip(round_half_even(x/s), 0, 2^b−1)`,
+/// `s = range/(2^b−1)`.
+pub fn fake_quant(x: &mut [f32], range: f32, bits: u32, signed: bool) {
+    let half = ((1u32 << (bits - 1)) - 1) as f32;
+    let (lo, hi) = if signed { (-half - 1.0, half) } else { (0.0, ((1u32 << bits) - 1) as f32) };
+    let scale = range.max(f32::MIN_POSITIVE) / hi;
     for v in x.iter_mut() {
         *v = scale * (*v / scale).round_ties_even().clamp(lo, hi);
     }
@@ -179,7 +181,8 @@ pub fn product(
 ) -> Result<Vec<f32>, String> {
     let mut xq = x.to_vec();
     let x_range = core.input_range.unwrap_or_else(|| max_abs(x));
-    fake_quant(&mut xq, x_range, core.input_bits);
+    let x_signed = core.input_signed.unwrap_or_else(|| x.iter().any(|&v| v < 0.0));
+    fake_quant(&mut xq, x_range, core.input_bits, x_signed);
     let mut y = vec![0.0f32; rows * out];
     gemm(&xq, &weights.effective_t, &mut y, 1, (rows, k, out), false)?;
     if let Mode::Noisy { seed } = mode {
@@ -195,7 +198,7 @@ pub fn product(
         }
     }
     let y_range = core.output_range.unwrap_or_else(|| max_abs(&y));
-    fake_quant(&mut y, y_range, core.output_bits);
+    fake_quant(&mut y, y_range, core.output_bits, true);
     Ok(y)
 }
 
@@ -257,7 +260,18 @@ mod tests {
     #[test]
     fn fake_quant_rounds_half_to_even_and_clips() {
         let mut x = vec![0.5, 1.5, 2.5, -2.5, 200.0, -200.0];
-        fake_quant(&mut x, 127.0, 8); // step 1
+        fake_quant(&mut x, 127.0, 8, true); // step 1
         assert_eq!(x, vec![0.0, 2.0, 2.0, -2.0, 127.0, -128.0]);
+    }
+
+    #[test]
+    fn unsigned_fake_quant_has_twice_the_levels_and_clips_negatives() {
+        let mut x = vec![0.5, 1.5, 2.5, -2.5, 200.0, 254.6];
+        fake_quant(&mut x, 255.0, 8, false); // step 1 over [0, 255]
+        assert_eq!(x, vec![0.0, 2.0, 2.0, 0.0, 200.0, 255.0]);
+        let mut y = vec![0.3, 0.49, 1.0];
+        fake_quant(&mut y, 1.0, 2, false); // codes 0..3, step 1/3
+        let step = 1.0f32 / 3.0;
+        assert_eq!(y, vec![step, step, 3.0 * step]);
     }
 }

@@ -7,7 +7,7 @@ pub const MAGIC: [u8; 4] = *b"LMN\0";
 /// Length of the preamble in bytes.
 pub const PREAMBLE_LEN: usize = 16;
 /// The format major version this crate reads and writes.
-pub const FORMAT_MAJOR: u16 = 1;
+pub const FORMAT_MAJOR: u16 = 2;
 /// The format minor version this crate writes.
 pub const FORMAT_MINOR: u16 = 0;
 /// Largest header accepted, in bytes (16 MiB).
@@ -140,7 +140,7 @@ mod tests {
     fn layout_matches_the_spec_byte_for_byte() {
         let p = Preamble::new(0x0102).unwrap();
         let expected = [
-            b'L', b'M', b'N', 0, 1, 0, 0, 0, 0x02, 0x01, 0, 0, 0, 0, 0, 0,
+            b'L', b'M', b'N', 0, 2, 0, 0, 0, 0x02, 0x01, 0, 0, 0, 0, 0, 0,
         ];
         assert_eq!(p.to_bytes(), expected);
     }
@@ -186,9 +186,11 @@ mod tests {
     #[test]
     fn rejects_other_major_accepts_any_minor() {
         let mut b = Preamble::new(8).unwrap().to_bytes();
-        b[4] = 2;
-        let err = Preamble::parse(&file_with(b, 64)).unwrap_err();
-        assert!(matches!(err, FormatError::UnsupportedVersion { major: 2, .. }));
+        for major in [1u8, 3] {
+            b[4] = major;
+            let err = Preamble::parse(&file_with(b, 64)).unwrap_err();
+            assert!(matches!(err, FormatError::UnsupportedVersion { major: m, .. } if m == u16::from(major)));
+        }
         let mut b = Preamble::new(8).unwrap().to_bytes();
         b[6] = 7;
         assert_eq!(Preamble::parse(&file_with(b, 64)).unwrap().minor, 7);

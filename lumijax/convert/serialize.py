@@ -27,7 +27,7 @@ from lumijax.convert.program import Buffer, ProgramSpec, TorchProgram
 from lumijax.convert.resnet import ResNet, ResNetConfig
 
 FORMAT = "lumijax.model"
-VERSION = 1
+VERSION = 2  # 2: converter ranges keep the smallest value seen (RangeState.minimum)
 SAVED = (nnx.Param, nnx.BatchStat, Buffer, layers.RangeStat)
 
 

@@ -49,10 +49,10 @@ def test_finetune_lowers_the_loss_under_noise():
     model = small_model(channel_spacing_nm=0.4)
     tune.apply_hardware(model, hw.HardwareConfig(channel_spacing_nm=0.4), "noisy")
     before, _ = tune.evaluate(model, data)
-    history = tune.finetune(model, data, optimizer=optax.adam(3e-3), steps=40, progress=False)
+    history = tune.finetune(model, data, optimizer=optax.adam(3e-3), steps=60, progress=False)
     after, accuracy = tune.evaluate(model, data)
-    assert len(history.loss) == 40 and all(np.isfinite(history.loss))
-    assert after < 0.6 * before, (before, after)
+    assert len(history.loss) == 60 and all(np.isfinite(history.loss))
+    assert after < 0.5 * before, (before, after)
     assert accuracy > 0.5
     assert all(core.mode == "noisy" for core in layers.photonic_cores(model))
 
@@ -271,8 +271,11 @@ SHARDED = textwrap.dedent("""
     # Scales 1% above min-max: no weight sits on the clip edge, where the
     # last bit of exp(log s) (which XLA may compute differently per
     # layout) decides whether its gradient passes.
+    # 16-bit converters: values that land on a rounding tie (pixels j/16
+    # under a 15-level DAC, codes of one converter feeding the next), which
+    # XLA may resolve differently per layout, then move by a 16-bit step.
     for mesh in (None, Mesh(np.array(jax.devices()), ("data",))):
-        model = small_model(seed=3)
+        model = small_model(seed=3, dac_bits=16, adc_bits=16)
         for layer in (model.hidden, model.out):
             layer.set_scale(1.01 * layer.scale())
         tune.finetune(model, data, optimizer=optax.sgd(0.05), steps=2, batch_size=16, mesh=mesh, progress=False)

@@ -15,9 +15,9 @@ trained alike (same steps, optimizer and batches) and its accuracy is
 reported next to the ideal one, so the share recovered can be read against
 either.
 
-The hardware costs a well-trained model one to two points, a handful of
-the 360 test images of one split, so one split measures the share
-recovered to within tens of percent. ``--folds 5`` runs the whole
+The hardware costs a well-trained model under a point, a handful of the
+360 test images of one split, so one split measures the share recovered
+to within tens of percent. ``--folds 5`` runs the whole
 comparison on each split of a 5-fold cross-validation (every digit tested
 once, about five times as long) and pools them: the share recovered is the
 accuracy won back over the accuracy lost, summed over the 1797 digits.

@@ -380,10 +380,11 @@ def finetune(model: nnx.Module, data: Data, hardware: hw.HardwareConfig | None =
     With ``mixup`` the teacher also labels blends of training inputs, the
     regions between the examples where the hardware's errors move the
     decision boundaries. On the digits ResNet-10 at 4 bits, a 5-fold
-    cross-validation over all 1797 digits won back 82% of the hardware's
-    cost with plain distillation (``α = 0.5``, 150 steps: 10.6 of the 13
-    images lost). With signed DACs (half the levels) it won back 76%, and
-    71% with mixup (``distillation_weight=1``): the same, within one image.
+    cross-validation over all 1797 digits won back all of the hardware's
+    cost with plain distillation (``α = 0.5``) in 300 steps (13.4 of the
+    13.2 images lost) and 82% in 150. At 150 steps with signed DACs (half
+    the levels) it won back 76%, and 71% with mixup
+    (``distillation_weight=1``): the same, within one image.
 
     Args:
       model: a photonic model (converted GPT, ResNet or program) whose

@@ -36,6 +36,9 @@ pub enum FormatError {
     /// The graph is not well formed (FORMAT.md §6).
     #[error("graph: {0}")]
     Graph(String),
+    /// Running the file would take more memory or work than the caller allows.
+    #[error("over the limits: {0}")]
+    Limit(String),
     /// The file could not be read.
     #[error("{0}")]
     Io(String),
@@ -48,4 +51,7 @@ pub enum RunError {
     Input { name: String, reason: String },
     #[error("node {node:?}: {reason}")]
     Node { node: String, reason: String },
+    /// A run in this mode would take more memory or work than the caller allows.
+    #[error("over the limits: {0}")]
+    Limit(String),
 }

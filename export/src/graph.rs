@@ -60,6 +60,28 @@ pub enum Op {
     CausalAttention { heads: usize, scale: f32, core: Core },
 }
 
+impl Op {
+    /// The op's name in the file.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Transpose { .. } => "transpose",
+            Op::Reshape { .. } => "reshape",
+            Op::Linear { .. } => "linear",
+            Op::Conv2d { .. } => "conv2d",
+            Op::ScaleShift { .. } => "scale_shift",
+            Op::Relu => "relu",
+            Op::Gelu { .. } => "gelu",
+            Op::Add => "add",
+            Op::MaxPool2d { .. } => "max_pool2d",
+            Op::GlobalAvgPool => "global_avg_pool",
+            Op::Embedding { .. } => "embedding",
+            Op::AddPositions { .. } => "add_positions",
+            Op::LayerNorm { .. } => "layer_norm",
+            Op::CausalAttention { .. } => "causal_attention",
+        }
+    }
+}
+
 /// One node, ready to run.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Step {
@@ -200,6 +222,18 @@ impl NodeCtx<'_> {
         if snr <= 0.0 {
             return Err(self.err("core.snr must be > 0"));
         }
+        let coupling = matrix("coupling")?.ok_or_else(|| self.err("core needs \"coupling\""))?;
+        let compensation = matrix("compensation")?;
+        if let Some(c) = &compensation {
+            // The compensation inverts the bank's coupling tile by tile: the same n×n.
+            if self.shape_of(c) != self.shape_of(&coupling) {
+                return Err(self.err(format!(
+                    "core.compensation {c:?} is {:?} but core.coupling {coupling:?} is {:?}; they must be the same n×n",
+                    self.shape_of(c),
+                    self.shape_of(&coupling)
+                )));
+            }
+        }
         Ok(Core {
             input_bits: bits("input_bits")?,
             output_bits: bits("output_bits")?,
@@ -209,8 +243,8 @@ impl NodeCtx<'_> {
             channel_spacing_nm: self.float(need("channel_spacing_nm")?, "channel_spacing_nm")?,
             snr,
             slot_order,
-            coupling: matrix("coupling")?.ok_or_else(|| self.err("core needs \"coupling\""))?,
-            compensation: matrix("compensation")?,
+            coupling,
+            compensation,
         })
     }
 }

@@ -4,6 +4,7 @@
 //! and validates files against it without trusting any length or count the
 //! file declares ([`Model`]), and runs them ([`Runtime`]).
 
+pub mod budget;
 pub mod error;
 pub mod graph;
 pub mod header;
@@ -16,6 +17,7 @@ mod scratch;
 pub mod tensor;
 pub mod winograd;
 
+pub use budget::{Cost, Limits, Usage};
 pub use error::{FormatError, RunError};
 pub use model::Model;
 pub use preamble::{Preamble, DATA_ALIGNMENT, MAGIC, MAX_HEADER_LEN, PREAMBLE_LEN};

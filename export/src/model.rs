@@ -8,6 +8,7 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
+use crate::budget::{self, Cost, Limits};
 use crate::error::FormatError;
 use crate::graph::Graph;
 use crate::header::Header;
@@ -34,32 +35,59 @@ impl Storage {
 pub struct Model {
     storage: Storage,
     data_offset: usize,
+    pub preamble: Preamble,
     pub header: Header,
     pub tensors: HashMap<String, TensorInfo>,
     pub graph: Graph,
+    /// What a run takes in each mode (FORMAT.md §6.2).
+    pub cost: Cost,
+    /// The caps a run must stay within: the ideal mode's checked when the
+    /// file was validated, the hardware modes' when a run in them starts.
+    pub limits: Limits,
+}
+
+/// What [`Model::parse_header`] checks and finds.
+pub struct Parsed {
+    pub preamble: Preamble,
+    pub header: Header,
+    pub tensors: HashMap<String, TensorInfo>,
+    pub graph: Graph,
+    pub cost: Cost,
+    pub data_offset: usize,
 }
 
 impl Model {
-    /// Memory-maps and validates `path`.
+    /// Memory-maps and validates `path` under the default [`Limits`].
     pub fn open(path: impl AsRef<Path>) -> Result<Model, FormatError> {
+        Model::open_with(path, Limits::default())
+    }
+
+    /// Memory-maps and validates `path`; refuses a file whose ideal-mode
+    /// run is past `limits`.
+    pub fn open_with(path: impl AsRef<Path>, limits: Limits) -> Result<Model, FormatError> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| FormatError::Io(format!("{}: {e}", path.display())))?;
         // SAFETY: the map is read-only; a file changed by another process
         // while mapped is outside what any reader can defend against.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| FormatError::Io(format!("{}: {e}", path.display())))?;
-        Model::validate(Storage::Mapped(map))
+        Model::validate(Storage::Mapped(map), limits)
     }
 
-    /// Validates a file held in memory.
+    /// Validates a file held in memory under the default [`Limits`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Model, FormatError> {
+        Model::from_bytes_with(bytes, Limits::default())
+    }
+
+    /// Validates a file held in memory against `limits`.
+    pub fn from_bytes_with(bytes: &[u8], limits: Limits) -> Result<Model, FormatError> {
         let mut words = vec![0u64; bytes.len().div_ceil(8)];
         bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(bytes);
-        Model::validate(Storage::Owned(words, bytes.len()))
+        Model::validate(Storage::Owned(words, bytes.len()), limits)
     }
 
-    /// Preamble, header, tensor table and graph: everything but the data
-    /// bytes themselves (FORMAT.md §2, §4, §5 without contents, §6).
-    pub fn parse_header(file: &[u8]) -> Result<(Header, HashMap<String, TensorInfo>, Graph, usize), FormatError> {
+    /// Preamble, header, tensor table, graph and cost: everything but the
+    /// data bytes themselves (FORMAT.md §2, §4, §5 without contents, §6).
+    pub fn parse_header(file: &[u8]) -> Result<Parsed, FormatError> {
         let preamble = Preamble::parse(file)?;
         let header_end = preamble.header_end()? as usize; // Preamble::parse proved it lies in the file
         let header = Header::parse(&file[PREAMBLE_LEN..header_end])?;
@@ -74,12 +102,14 @@ impl Model {
         }
         let tensors = tensor::validate_table(&header.tensors, data_len)?;
         let graph = Graph::build(&header.graph, &tensors)?;
-        Ok((header, tensors, graph, data_offset as usize))
+        let cost = budget::cost(&graph, &tensors, rayon::current_num_threads())?;
+        Ok(Parsed { preamble, header, tensors, graph, cost, data_offset: data_offset as usize })
     }
 
-    fn validate(storage: Storage) -> Result<Model, FormatError> {
+    fn validate(storage: Storage, limits: Limits) -> Result<Model, FormatError> {
         let file = storage.bytes();
-        let (header, tensors, graph, data_offset) = Model::parse_header(file)?;
+        let Parsed { preamble, header, tensors, graph, cost, data_offset } = Model::parse_header(file)?;
+        cost.ideal.check(&graph, &limits, "ideal").map_err(FormatError::Limit)?;
         let data = file.get(data_offset..).unwrap_or(&[]);
         if header.checksum.algorithm != "crc32" {
             return Err(FormatError::Header(format!("checksum algorithm {:?} is not \"crc32\"", header.checksum.algorithm)));
@@ -89,7 +119,7 @@ impl Model {
             return Err(FormatError::Checksum { expected: header.checksum.value as u32, found });
         }
         tensor::validate_contents(&tensors, data)?;
-        Ok(Model { storage, data_offset, header, tensors, graph })
+        Ok(Model { storage, data_offset, preamble, header, tensors, graph, cost, limits })
     }
 
     /// The data section.

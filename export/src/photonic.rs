@@ -20,6 +20,17 @@ pub enum Mode {
     Noisy { seed: u64 },
 }
 
+impl Mode {
+    /// `"ideal"`, `"expected"` or `"noisy"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Ideal => "ideal",
+            Mode::Expected => "expected",
+            Mode::Noisy { .. } => "noisy",
+        }
+    }
+}
+
 /// `c = a·op(b)` for row-major `a` (batch·m × k) and `b` (batch·k × n, or
 /// batch·n × k with `transpose_b`).
 /// Threaded over the pool.
@@ -29,9 +40,10 @@ pub fn gemm(a: &[f32], b: &[f32], c: &mut [f32], batch: usize, (m, k, n): (usize
     batched_matmul(a, b, c, &shape).map_err(|e| e.to_string())
 }
 
-/// `c = a·b` for one row-major product, on the calling thread.
-pub fn gemm_on_this_thread(a: &[f32], b: &[f32], c: &mut [f32], (m, k, n): (usize, usize, usize)) -> Result<(), String> {
-    strided_product_on_this_thread(a, b, n, c, (m, k, n)).map_err(|e| e.to_string())
+/// `c = a·b` for one row-major product, on the calling thread: `a` `(m, k)`,
+/// `b` the first `n` columns of `k` rows `b_row_stride` apart.
+pub fn gemm_on_this_thread(a: &[f32], b: &[f32], b_row_stride: usize, c: &mut [f32], (m, k, n): (usize, usize, usize)) -> Result<(), String> {
+    strided_product_on_this_thread(a, b, b_row_stride, c, (m, k, n)).map_err(|e| e.to_string())
 }
 
 /// A converter of `bits`: signed, `x ← s·clip(round_half_even(x/s), −2^(b−1), 2^(b−1)−1)`,

@@ -82,6 +82,45 @@ fn add_rows(y: &mut [f32], bias: &[f32]) {
     }
 }
 
+/// Patch elements a thread fills and multiplies at a time on the blocked
+/// convolution path (2 MiB of f32).
+pub(crate) const CONV_BLOCK_ELEMENTS: usize = 1 << 19;
+
+/// How an ideal-mode convolution runs (the hardware modes always build the
+/// whole patch matrix, which their converters see at once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConvPath {
+    /// 1×1 stride 1: the image is its own patch matrix.
+    Pointwise,
+    /// 3×3 stride 1 where Winograd F(2×2, 3×3) pays ([`winograd::pays`]).
+    Winograd,
+    /// Fewer output pixels than channels: the whole patch matrix, then one threaded GEMM.
+    Whole,
+    /// Blocks of pixels of about [`CONV_BLOCK_ELEMENTS`] patch entries, each
+    /// filled and multiplied by one thread.
+    Blocked,
+}
+
+/// The path of a convolution from NHWC `input` to NHWC `output` on `threads` threads.
+pub(crate) fn conv_path(input: &[usize], output: &[usize], kernel: [usize; 2], stride: [usize; 2], threads: usize) -> ConvPath {
+    let rows = output[0] * output[1] * output[2];
+    if kernel == [1, 1] && stride == [1, 1] {
+        ConvPath::Pointwise
+    } else if kernel == [3, 3] && stride == [1, 1] && winograd::pays(output[0], [output[1], output[2]], input[3]) {
+        ConvPath::Winograd
+    } else if rows < output[3].max(16 * threads) {
+        ConvPath::Whole
+    } else {
+        ConvPath::Blocked
+    }
+}
+
+/// Query rows per task of ideal-mode attention over `keys` keys: blocks of
+/// about 64 Ki scores.
+pub(crate) fn attention_rows_per_task(keys: usize) -> usize {
+    ((1usize << 16) / keys.max(1)).clamp(1, 256)
+}
+
 /// The geometry of a convolution on an NHWC image.
 #[derive(Clone, Copy)]
 struct ConvGeometry<'a> {
@@ -146,32 +185,33 @@ impl ConvGeometry<'_> {
         out
     }
 
-    /// `patches·K` with `kernel_t` `(width, cout)`.
+    /// `patches·K` with `kernel_t` `(width, cout)` on the [`ConvPath::Whole`]
+    /// or [`ConvPath::Blocked`] path.
     ///
-    /// With at least as many output pixels as channels (the early stages),
-    /// the pixels are cut into blocks, a multiple of the thread count of them
-    /// and each of at most about 2 MiB of patches: a thread fills a block's
-    /// patches into its own buffer and multiplies them right away, while
-    /// they are still in cache. With fewer pixels (the late stages), the
-    /// patch matrix is built whole and the GEMM cuts the output channels.
-    fn product(&self, x: &[f32], rows: usize, kernel_t: &[f32], cout: usize) -> Result<Vec<f32>, String> {
+    /// Blocked: the pixels are cut into blocks, a multiple of the thread
+    /// count of them and each of at most about [`CONV_BLOCK_ELEMENTS`]
+    /// patch entries: a thread fills a block's patches into its own buffer
+    /// and multiplies them right away, while they are still in cache. Whole
+    /// (fewer pixels than channels, the late stages): the patch matrix is
+    /// built whole and the GEMM cuts the output channels.
+    fn product(&self, x: &[f32], rows: usize, kernel_t: &[f32], cout: usize, path: ConvPath) -> Result<Vec<f32>, String> {
         let width = self.width();
         let mut y = vec![0.0f32; rows * cout];
         let threads = rayon::current_num_threads();
-        if rows < cout.max(16 * threads) {
+        if path != ConvPath::Blocked {
             return with_scratch(|patches| {
                 self.patches_into(x, rows, patches);
                 gemm(&patches[..rows * width], kernel_t, &mut y, 1, (rows, width, cout), false)
             }).map(|()| y);
         }
-        let blocks = threads * (rows * width).div_ceil(threads << 19);
+        let blocks = threads * (rows * width).div_ceil(threads * CONV_BLOCK_ELEMENTS);
         let block = rows.div_ceil(blocks);
         y.par_chunks_mut(block * cout.max(1)).enumerate().try_for_each(|(i, out)| {
             let count = out.len() / cout.max(1);
             with_scratch(|patches| {
                 patches.resize(count * width, 0.0);
                 self.fill(x, i * block, &mut patches[..count * width]);
-                gemm_on_this_thread(&patches[..count * width], kernel_t, out, (count, width, cout))
+                gemm_on_this_thread(&patches[..count * width], kernel_t, cout, out, (count, width, cout))
             })
         })?;
         Ok(y)
@@ -193,7 +233,7 @@ impl Runtime {
         for step in &model.graph.steps {
             let (Op::Linear { weight, .. } | Op::Conv2d { weight, .. }) = &step.op else { continue };
             let shape = &model.tensors[weight].shape;
-            if Self::uses_winograd(&model, step) {
+            if Self::ideal_conv_path(&model, step) == Some(ConvPath::Winograd) {
                 if !filters.contains_key(weight) {
                     filters.insert(weight.clone(), winograd::Filter::new(&model.weights(weight), shape[0], shape[1] / 9));
                 }
@@ -230,12 +270,11 @@ impl Runtime {
             .collect()
     }
 
-    /// Whether `step` is a 3×3 stride-1 convolution that runs as Winograd
-    /// F(2×2, 3×3) in ideal mode (where that is faster, [`winograd::pays`]).
-    fn uses_winograd(model: &Model, step: &Step) -> bool {
-        let Op::Conv2d { kernel: [3, 3], stride: [1, 1], .. } = &step.op else { return false };
+    /// The ideal-mode path of a convolution step (`None` for other ops).
+    fn ideal_conv_path(model: &Model, step: &Step) -> Option<ConvPath> {
+        let Op::Conv2d { kernel, stride, .. } = &step.op else { return None };
         let (input, output) = (&model.graph.values[step.inputs[0]].shape, &model.graph.values[step.output].shape);
-        winograd::pays(output[0], [output[1], output[2]], input[3])
+        Some(conv_path(input, output, *kernel, *stride, rayon::current_num_threads()))
     }
 
     /// The validated model this runtime runs.
@@ -270,6 +309,9 @@ impl Runtime {
         if inputs.len() != graph.inputs.len() {
             return Err(RunError::Input { name: "*".into(), reason: format!("the model takes {} inputs, got {}", graph.inputs.len(), inputs.len()) });
         }
+        if mode != Mode::Ideal {
+            self.model.cost.hardware.check(graph, &self.model.limits, mode.name()).map_err(RunError::Limit)?;
+        }
         let mut values: Vec<Option<Array>> = vec![None; graph.values.len()];
         for (&v, input) in graph.inputs.iter().zip(inputs) {
             let info = &graph.values[v];
@@ -290,7 +332,13 @@ impl Runtime {
                 let value = if last { values[v].take() } else { values[v].clone() };
                 ins.push(value.ok_or_else(|| fail("an input was freed early".into()))?);
             }
-            values[step.output] = Some(self.step(i, step, ins, mode).map_err(fail)?);
+            let output = self.step(i, step, ins, mode).map_err(fail)?;
+            // Every op writes exactly the declared shape; a later op indexes by it.
+            let declared = &graph.values[step.output].shape;
+            if output.shape() != declared.as_slice() || output.len() != declared.iter().product::<usize>() {
+                return Err(fail(format!("computed {} elements of shape {:?} where {:?} is declared", output.len(), output.shape(), declared)));
+            }
+            values[step.output] = Some(output);
         }
         graph.outputs.iter().map(|&o| values[o].clone().ok_or_else(|| RunError::Node { node: graph.values[o].name.clone(), reason: "never computed".into() })).collect()
     }
@@ -318,8 +366,8 @@ impl Runtime {
             }
             Op::Linear { weight, bias, core } => {
                 let xs = floats(x)?;
-                let k = *x_shape.last().unwrap_or(&0);
-                let rows = xs.len() / k.max(1);
+                let (&k, leading) = x_shape.split_last().ok_or("linear needs an input of rank ≥ 1")?;
+                let rows = leading.iter().product();
                 let n = *shape.last().unwrap_or(&0);
                 let mut y = self.weight_product(index, &xs, (rows, k, n), weight, core, mode)?;
                 if let Some(b) = bias {
@@ -331,16 +379,12 @@ impl Runtime {
                 let xs = floats(x)?;
                 let geometry = ConvGeometry { shape: &x_shape, kernel: *kernel, stride: *stride, padding: *padding, out_hw: [shape[1], shape[2]] };
                 let (k, rows) = (geometry.width(), shape[0] * shape[1] * shape[2]);
-                // A 1×1 stride-1 convolution reads the image as its own patch matrix.
-                let pointwise = *kernel == [1, 1] && *stride == [1, 1];
-                let mut y = if pointwise {
-                    self.weight_product(index, &xs, (rows, k, shape[3]), weight, core, mode)?
-                } else if mode == Mode::Ideal && Self::uses_winograd(m, step) {
-                    winograd::conv3x3(&xs, &x_shape, *padding, [shape[1], shape[2]], &self.winograd[weight])?
-                } else if mode == Mode::Ideal {
-                    geometry.product(&xs, rows, &self.kernels[weight], shape[3])?
-                } else {
-                    self.weight_product(index, &geometry.patches(&xs, rows), (rows, k, shape[3]), weight, core, mode)?
+                let path = conv_path(&x_shape, &shape, *kernel, *stride, rayon::current_num_threads());
+                let mut y = match (path, mode) {
+                    (ConvPath::Pointwise, _) => self.weight_product(index, &xs, (rows, k, shape[3]), weight, core, mode)?,
+                    (ConvPath::Winograd, Mode::Ideal) => winograd::conv3x3(&xs, &x_shape, *padding, [shape[1], shape[2]], &self.winograd[weight])?,
+                    (_, Mode::Ideal) => geometry.product(&xs, rows, &self.kernels[weight], shape[3], path)?,
+                    _ => self.weight_product(index, &geometry.patches(&xs, rows), (rows, k, shape[3]), weight, core, mode)?,
                 };
                 if let Some(b) = bias {
                     add_rows(&mut y, m.f32s(b));
@@ -422,19 +466,16 @@ impl Runtime {
                 y
             }
             Op::CausalAttention { heads, scale, core } => {
-                let bank = self.bank(core);
-                let pairwise = |a: &[f32], b: &[f32], c: &mut [f32], groups: usize, (m, k, n): (usize, usize, usize), product: u64| -> Result<(), String> {
-                    if mode == Mode::Ideal {
-                        return gemm(a, b, c, groups, (m, k, n), true);
-                    }
-                    for g in 0..groups {
-                        let programmed = photonic::program(&b[g * n * k..(g + 1) * n * k], n, k, bank.0, bank.1)?;
-                        let y = photonic::product(&a[g * m * k..(g + 1) * m * k], m, k, &programmed, n, core, mode, stream(index, product, g))?;
-                        c[g * m * n..(g + 1) * m * n].copy_from_slice(&y);
-                    }
-                    Ok(())
+                let heads = Heads::split(&floats(x)?, &x_shape, *heads);
+                let mixed = match mode {
+                    Mode::Ideal => heads.ideal(*scale)?,
+                    _ => heads.on_core(*scale, |a, b, (m, k, n), product, group| {
+                        let (coupling, compensation) = self.bank(core);
+                        let programmed = photonic::program(b, n, k, coupling, compensation)?;
+                        photonic::product(a, m, k, &programmed, n, core, mode, stream(index, product, group))
+                    })?,
                 };
-                attention(&floats(x)?, &x_shape, *heads, *scale, pairwise)?
+                heads.merge(&mixed)
             }
         };
         Ok(Array::F32 { shape, data })
@@ -488,19 +529,28 @@ fn gather<T: Copy>(data: &[T], shape: &[usize], strides: &[usize]) -> Vec<T> {
     }
 }
 
+/// The taps of a window at `start` (in padded coordinates) that fall inside
+/// an axis of `size` padded by `pad` before it: tap `k` reads index
+/// `start + k − pad`, inside `0..size` exactly for the taps returned.
+fn inside(start: usize, pad: usize, window: usize, size: usize) -> std::ops::Range<usize> {
+    let first = pad.saturating_sub(start);
+    let last = (size + pad).saturating_sub(start).min(window);
+    first..last.max(first)
+}
+
+/// Max pooling with −∞ padding; each window is clipped to the image, so the
+/// work is that of the taps inside it.
 fn max_pool(x: &[f32], s: &[usize], window: [usize; 2], stride: [usize; 2], padding: [[usize; 2]; 2], out: &[usize]) -> Vec<f32> {
     let (h, w, c) = (s[1], s[2], s[3]);
     let mut y = vec![f32::NEG_INFINITY; out.iter().product()];
     for (p, pixel) in y.chunks_exact_mut(c.max(1)).enumerate() {
         let (b, oy, ox) = (p / (out[1] * out[2]), (p / out[2]) % out[1], p % out[2]);
-        for ky in 0..window[0] {
-            let iy = (oy * stride[0] + ky) as isize - padding[0][0] as isize;
-            for kx in 0..window[1] {
-                let ix = (ox * stride[1] + kx) as isize - padding[1][0] as isize;
-                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                    continue;
-                }
-                let src = &x[((b * h + iy as usize) * w + ix as usize) * c..][..c];
+        let (y0, x0) = (oy * stride[0], ox * stride[1]);
+        for ky in inside(y0, padding[0][0], window[0], h) {
+            let iy = y0 + ky - padding[0][0];
+            for kx in inside(x0, padding[1][0], window[1], w) {
+                let ix = x0 + kx - padding[1][0];
+                let src = &x[((b * h + iy) * w + ix) * c..][..c];
                 pixel.iter_mut().zip(src).for_each(|(m, v)| *m = m.max(*v));
             }
         }
@@ -508,46 +558,98 @@ fn max_pool(x: &[f32], s: &[usize], window: [usize; 2], stride: [usize; 2], padd
     y
 }
 
-/// Causal multi-head attention on a fused `(N, T, 3C)` QKV tensor.
-///
-/// `pairwise(a, b, c, groups, (m, k, n), product)` computes `c[g] = a[g]·b[g]ᵀ`
-/// for `a` `(m, k)` and `b` `(n, k)` slices; `product` numbers it in the node.
-fn attention(qkv: &[f32], shape: &[usize], heads: usize, scale: f32, pairwise: impl Fn(&[f32], &[f32], &mut [f32], usize, (usize, usize, usize), u64) -> Result<(), String>) -> Result<Vec<f32>, String> {
-    let (n, t, c) = (shape[0], shape[1], shape[2] / 3);
-    let d = c / heads;
-    let groups = n * heads;
-    // q, k: (groups, t, d); v transposed: (groups, d, t), the "weights" of the second product.
-    let mut q = vec![0.0f32; groups * t * d];
-    let mut k = vec![0.0f32; groups * t * d];
-    let mut vt = vec![0.0f32; groups * d * t];
-    for b in 0..n {
-        for s in 0..t {
-            let row = &qkv[(b * t + s) * 3 * c..][..3 * c];
-            for h in 0..heads {
-                let g = b * heads + h;
-                q[(g * t + s) * d..][..d].copy_from_slice(&row[h * d..(h + 1) * d]);
-                k[(g * t + s) * d..][..d].copy_from_slice(&row[c + h * d..c + (h + 1) * d]);
-                for j in 0..d {
-                    vt[(g * d + j) * t + s] = row[2 * c + h * d + j];
+/// The heads of causal attention on a fused `(N, T, 3C)` QKV tensor: q, k
+/// and v of each of the `N·heads` groups, `(T, d)` each.
+struct Heads {
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    batch: usize,
+    heads: usize,
+    tokens: usize,
+    dim: usize,
+}
+
+impl Heads {
+    fn split(qkv: &[f32], shape: &[usize], heads: usize) -> Heads {
+        let (n, t, c) = (shape[0], shape[1], shape[2] / 3);
+        let d = c / heads;
+        let mut parts = [0, 1, 2].map(|_| vec![0.0f32; n * t * c]);
+        for b in 0..n {
+            for s in 0..t {
+                let row = &qkv[(b * t + s) * 3 * c..][..3 * c];
+                for (part, values) in parts.iter_mut().zip(row.chunks_exact(c.max(1))) {
+                    for h in 0..heads {
+                        part[((b * heads + h) * t + s) * d..][..d].copy_from_slice(&values[h * d..(h + 1) * d]);
+                    }
                 }
             }
         }
+        let [q, k, v] = parts;
+        Heads { q, k, v, batch: n, heads, tokens: t, dim: d }
     }
-    let mut scores = vec![0.0f32; groups * t * t];
-    pairwise(&q, &k, &mut scores, groups, (t, d, t), 0)?;
-    let causal = CausalShape { outer: groups, queries: t, keys: t, offset: 0 };
-    causal_softmax_forward(None, &mut scores, &causal, scale).map_err(|e| e.to_string())?;
-    let mut mixed = vec![0.0f32; groups * t * d];
-    pairwise(&scores, &vt, &mut mixed, groups, (t, t, d), 1)?;
-    let mut out = vec![0.0f32; n * t * c];
-    for b in 0..n {
-        for h in 0..heads {
-            for s in 0..t {
-                out[(b * t + s) * c + h * d..][..d].copy_from_slice(&mixed[((b * heads + h) * t + s) * d..][..d]);
+
+    /// `softmax(q·kᵀ·scale + causal mask)·v` per group, `(groups, T, d)`,
+    /// in float: tasks of [`attention_rows_per_task`] query rows, each
+    /// computing only the scores of the keys its rows can see.
+    fn ideal(&self, scale: f32) -> Result<Vec<f32>, String> {
+        let (t, d) = (self.tokens, self.dim);
+        let mut mixed = vec![0.0f32; self.q.len()];
+        if t == 0 || d == 0 {
+            return Ok(mixed);
+        }
+        // kᵀ per group, (d, T): the scores' right operand with unit stride.
+        let kt: Vec<f32> = self.k.chunks_exact(t * d).flat_map(|k| photonic::transposed(k, t, d)).collect();
+        let rows = attention_rows_per_task(t);
+        mixed.par_chunks_mut(t * d).enumerate().try_for_each(|(g, out)| {
+            out.par_chunks_mut(rows * d).enumerate().try_for_each(|(block, out)| {
+                let (first, count) = (block * rows, out.len() / d);
+                let keys = first + count; // the last row sees keys 0..first + count
+                let mut scores = vec![0.0f32; count * keys];
+                let q = &self.q[(g * t + first) * d..][..count * d];
+                gemm_on_this_thread(q, &kt[g * d * t..][..d * t], t, &mut scores, (count, d, keys))?;
+                let causal = CausalShape { outer: 1, queries: count, keys, offset: first };
+                causal_softmax_forward(None, &mut scores, &causal, scale).map_err(|e| e.to_string())?;
+                gemm_on_this_thread(&scores, &self.v[g * t * d..][..keys * d], d, out, (count, keys, d))
+            })
+        })?;
+        Ok(mixed)
+    }
+
+    /// The same on the photonic core, one group at a time:
+    /// `product(a, b, (m, k, n), product, group)` is `a·bᵀ` for `a` `(m, k)`
+    /// and `b` `(n, k)` with converters, bank and noise; `product` numbers it
+    /// in the node (0 scores, 1 mixing).
+    fn on_core(&self, scale: f32, product: impl Fn(&[f32], &[f32], (usize, usize, usize), u64, usize) -> Result<Vec<f32>, String>) -> Result<Vec<f32>, String> {
+        let (t, d) = (self.tokens, self.dim);
+        let mut mixed = vec![0.0f32; self.q.len()];
+        if t == 0 || d == 0 {
+            return Ok(mixed);
+        }
+        for (g, out) in mixed.chunks_exact_mut(t * d).enumerate() {
+            let (q, k, v) = (&self.q[g * t * d..][..t * d], &self.k[g * t * d..][..t * d], &self.v[g * t * d..][..t * d]);
+            let mut scores = product(q, k, (t, d, t), 0, g)?;
+            let causal = CausalShape { outer: 1, queries: t, keys: t, offset: 0 };
+            causal_softmax_forward(None, &mut scores, &causal, scale).map_err(|e| e.to_string())?;
+            // vᵀ, (d, T): the "weights" of the mixing product.
+            out.copy_from_slice(&product(&scores, &photonic::transposed(v, t, d), (t, t, d), 1, g)?);
+        }
+        Ok(mixed)
+    }
+
+    /// `(groups, T, d)` back to `(N, T, C)`.
+    fn merge(&self, mixed: &[f32]) -> Vec<f32> {
+        let (t, d, c) = (self.tokens, self.dim, self.heads * self.dim);
+        let mut out = vec![0.0f32; self.batch * t * c];
+        for b in 0..self.batch {
+            for h in 0..self.heads {
+                for s in 0..t {
+                    out[(b * t + s) * c + h * d..][..d].copy_from_slice(&mixed[((b * self.heads + h) * t + s) * d..][..d]);
+                }
             }
         }
+        out
     }
-    Ok(out)
 }
 
 #[cfg(test)]
@@ -588,8 +690,8 @@ mod tests {
 
     #[test]
     fn blocked_and_whole_convolutions_match_a_direct_one() {
-        // 2·64·64 output pixels × 288 patch entries: built block by block;
-        // the small one whole.
+        // 2·64·64 output pixels × 288 patch entries: several blocks; and a
+        // small one, a single block.
         for (shape, stride) in [([2usize, 64, 64, 32], 1usize), ([1, 12, 10, 3], 2)] {
             let x: Vec<f32> = (0..shape.iter().product::<usize>()).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
             let cout = 8;
@@ -597,12 +699,14 @@ mod tests {
             let g = ConvGeometry { shape: &shape, kernel: [3, 3], stride: [stride, stride], padding: [[1, 1], [1, 1]], out_hw };
             let weight: Vec<f32> = (0..cout * g.width()).map(|i| ((i * 13 % 29) as f32 - 14.0) / 14.0).collect();
             let rows = shape[0] * out_hw[0] * out_hw[1];
-            assert_eq!(rows * g.width() > 1 << 21, shape[0] == 2);
-            let ours = g.product(&x, rows, &photonic::transposed(&weight, cout, g.width()), cout).unwrap();
+            assert_eq!(rows * g.width() > 4 * CONV_BLOCK_ELEMENTS, shape[0] == 2);
             let reference = direct(&x, &g, &weight, cout);
             let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            for (a, b) in ours.iter().zip(&reference) {
-                assert!((f64::from(*a) - b).abs() <= 1e-5 * scale, "{a} vs {b}");
+            for path in [ConvPath::Whole, ConvPath::Blocked] {
+                let ours = g.product(&x, rows, &photonic::transposed(&weight, cout, g.width()), cout, path).unwrap();
+                for (a, b) in ours.iter().zip(&reference) {
+                    assert!((f64::from(*a) - b).abs() <= 1e-5 * scale, "{path:?}: {a} vs {b}");
+                }
             }
         }
     }

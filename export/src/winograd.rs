@@ -170,23 +170,18 @@ pub fn conv3x3(x: &[f32], shape: &[usize], padding: [[usize; 2]; 2], out_hw: [us
     if tiles == 0 || outputs == 0 {
         return Ok(y);
     }
-    let threads = rayon::current_num_threads();
-    let per_block = tile_block(c);
-    let tile_blocks = tiles.div_ceil(per_block);
-    let per_block = tiles.div_ceil(tile_blocks);
-    let channel_blocks = (2 * threads).div_ceil(tile_blocks).min(outputs.div_ceil(64)).max(1);
-    let per_channel_block = outputs.div_ceil(channel_blocks);
-    let tasks: Vec<(usize, usize)> = (0..tile_blocks).flat_map(|t| (0..channel_blocks).map(move |k| (t, k))).collect();
+    let split = Split::new(tiles, c, outputs, rayon::current_num_threads());
+    let tasks: Vec<(usize, usize)> = (0..split.tile_blocks).flat_map(|t| (0..split.channel_blocks).map(move |k| (t, k))).collect();
     // Every task writes only the channels of its own block at the pixels of
     // its own tiles, and the tasks' (tiles × channels) sets are disjoint.
     let out = DisjointOutput::new(&mut y);
     tasks.par_iter().try_for_each(|&(tb, kb)| {
-        let first = tb * per_block;
-        let count = per_block.min(tiles - first);
-        let k0 = kb * per_channel_block;
-        let kn = per_channel_block.min(outputs - k0);
+        let first = tb * split.tiles;
+        let count = split.tiles.min(tiles - first);
+        let k0 = kb * split.channels;
+        let kn = split.channels.min(outputs - k0);
         with_scratch(|scratch| -> Result<(), String> {
-            scratch.resize(POINTS * count * (c + kn) + 2 * POINTS * c + 12 * kn, 0.0);
+            scratch.resize(Split::scratch(count, c, kn), 0.0);
             let (v, rest) = scratch.split_at_mut(POINTS * count * c);
             let (m, rest) = rest.split_at_mut(POINTS * count * kn);
             let (input_work, output_work) = rest.split_at_mut(2 * POINTS * c);
@@ -202,10 +197,42 @@ pub fn conv3x3(x: &[f32], shape: &[usize], padding: [[usize; 2]; 2], out_hw: [us
     Ok(y)
 }
 
-/// Tiles per task: as many as channels (so a task's tiles amortise its
-/// stream of filters), within 128..=512.
-fn tile_block(channels: usize) -> usize {
-    channels.clamp(128, 512)
+/// How a convolution's tiles and output channels are cut into tasks.
+struct Split {
+    /// Tiles per block, and blocks of tiles.
+    tiles: usize,
+    tile_blocks: usize,
+    /// Output channels per block, and blocks of channels (none empty).
+    channels: usize,
+    channel_blocks: usize,
+}
+
+impl Split {
+    /// Blocks of tiles as large as the input channels (so a task's tiles
+    /// amortise its stream of filters), within 128..=512 tiles; when there
+    /// are fewer blocks than twice the threads, the output channels are cut
+    /// too, into blocks of at least 64.
+    fn new(tiles: usize, channels: usize, outputs: usize, threads: usize) -> Split {
+        let tile_blocks = tiles.div_ceil(channels.clamp(128, 512)).max(1);
+        let per_tile_block = tiles.div_ceil(tile_blocks);
+        let wanted = (2 * threads).div_ceil(tile_blocks).min(outputs.div_ceil(64)).max(1);
+        let per_channel_block = outputs.div_ceil(wanted).max(1);
+        Split { tiles: per_tile_block, tile_blocks, channels: per_channel_block, channel_blocks: outputs.div_ceil(per_channel_block) }
+    }
+
+    /// Scratch elements of a task of `count` tiles, `channels` inputs and `kn` outputs.
+    fn scratch(count: usize, channels: usize, kn: usize) -> usize {
+        POINTS * count * (channels + kn) + 2 * POINTS * channels + 12 * kn
+    }
+}
+
+/// Scratch elements the tasks running at once on `threads` threads hold for
+/// a convolution from `channels` inputs to the NHWC `output`.
+pub fn scratch_elements(output: &[usize], channels: usize, threads: usize) -> usize {
+    let tiles = output[0] * output[1].div_ceil(2) * output[2].div_ceil(2);
+    let split = Split::new(tiles, channels, output[3], threads);
+    let tasks = split.tile_blocks * split.channel_blocks;
+    tasks.min(threads.max(1)) * Split::scratch(split.tiles, channels, split.channels)
 }
 
 /// `out = a + sign·b`.

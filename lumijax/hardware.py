@@ -23,7 +23,6 @@ Conventions
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -37,20 +36,24 @@ ELEMENTARY_CHARGE_C = 1.602176634e-19
 BOLTZMANN_J_PER_K = 1.380649e-23
 
 # (field, lower, upper, lower inclusive, upper inclusive) for the float fields.
+# (low, high, low included, high included). The bounds lie far past any
+# photonic core (wavelengths of 0.1 to 100 µm, Q up to 10¹², a kilowatt per
+# channel, a petahertz receiver) yet keep every crosstalk and noise term
+# finite in float32, so the SNR of a valid configuration is always a number.
 _FLOAT_RANGES: dict[str, tuple[float, float, bool, bool]] = {
-    "wavelength_nm": (0.0, math.inf, False, False),
-    "quality_factor": (0.0, math.inf, False, False),
-    "channel_spacing_nm": (0.0, math.inf, False, False),
-    "fsr_nm": (0.0, math.inf, False, False),
-    "responsivity_A_per_W": (0.0, math.inf, False, False),
-    "laser_power_mW": (0.0, math.inf, False, False),
-    "bandwidth_GHz": (0.0, math.inf, False, False),
-    "load_resistance_ohm": (0.0, math.inf, False, False),
-    "temperature_K": (0.0, math.inf, False, False),
-    "rin_db_per_hz": (-math.inf, 0.0, False, False),
+    "wavelength_nm": (100.0, 1e5, True, True),
+    "quality_factor": (0.0, 1e12, False, True),
+    "channel_spacing_nm": (0.0, 1e6, False, True),
+    "fsr_nm": (0.0, 1e6, False, True),
+    "responsivity_A_per_W": (0.0, 1e3, False, True),
+    "laser_power_mW": (0.0, 1e6, False, True),
+    "bandwidth_GHz": (0.0, 1e6, False, True),
+    "load_resistance_ohm": (0.0, 1e12, False, True),
+    "temperature_K": (0.0, 1e4, False, True),
+    "rin_db_per_hz": (-300.0, 0.0, True, False),
     "thermal_coupling": (0.0, 1.0, True, False),
-    "thermo_optic_nm_per_K": (-math.inf, math.inf, False, False),
-    "crosstalk_suppression_db": (0.0, math.inf, True, False),
+    "thermo_optic_nm_per_K": (-1e3, 1e3, True, True),
+    "crosstalk_suppression_db": (0.0, 300.0, True, True),
 }
 _INT_RANGES: dict[str, tuple[int, int]] = {
     "num_channels": (1, 4096),

@@ -18,10 +18,12 @@ ReLU, or images in [0, 1]) drives its modulator with unsigned codes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from lumijax import hardware as hw
@@ -40,6 +42,13 @@ def _check_mode(mode: str) -> str:
     if mode not in MODES:
         raise ValueError(f"mode = {mode!r}: use one of {MODES}")
     return mode
+
+
+def _check_features(in_features: int, out_features: int) -> None:
+    """A weight matrix needs at least one input and one output."""
+    for name, value in (("in_features", in_features), ("out_features", out_features)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} = {value!r} must be an integer ≥ 1")
 
 
 class PhotonicCore(nnx.Module):
@@ -88,8 +97,11 @@ class PhotonicCore(nnx.Module):
 
     @staticmethod
     def _full_scale(x: Array, state: quant.RangeState) -> Array:
-        """The converter range: tracked once observed, else this batch's ``max|x|``."""
-        return jnp.where(state.count > 0, state.range, jax.lax.stop_gradient(jnp.max(jnp.abs(x))))
+        """The converter range: tracked once observed, else this batch's
+        ``max|x|`` over its finite entries (an infinite input saturates the
+        converter; it does not set its range)."""
+        finite = jnp.where(jnp.isfinite(x), jnp.abs(x), 0.0)
+        return jnp.where(state.count > 0, state.range, jax.lax.stop_gradient(jnp.max(finite)))
 
     @staticmethod
     def _input_signed(x: Array, state: quant.RangeState) -> Array:
@@ -210,7 +222,9 @@ class QuantizedWeights(nnx.Module):
     """
 
     def _init_scales(self, w: Array, bits: int) -> None:
-        self.weight_bits = bits
+        if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= bits <= 16:
+            raise ValueError(f"weight_bits = {bits!r} is out of range: allowed 1..16")
+        self.weight_bits = int(bits)
         self.slot_order: tuple[int, ...] | None = None  # inputs in WDM slot order
         self.log_weight_scale = nnx.Param(jnp.log(self._minmax_scale(w)))
 
@@ -246,6 +260,16 @@ class QuantizedWeights(nnx.Module):
         """The weights as the core holds them, ``(out, in)``."""
         raise NotImplementedError
 
+    def set_slot_order(self, order: Sequence[int] | None) -> None:
+        """Places input ``order[s]`` on wavelength slot ``s`` (``None``: the
+        identity); ``order`` must be a permutation of the inputs."""
+        if order is not None:
+            fan_in = self.weight_matrix().shape[1]
+            order = tuple(int(i) for i in order)
+            if sorted(order) != list(range(fan_in)):
+                raise ValueError(f"a slot order must be a permutation of the {fan_in} inputs, got {len(order)} entries {order[:8]}…")
+        self.slot_order = order
+
     def calibrate(self, hardware_state: dict, activations: Array | None = None) -> quant.QuantParams:
         """Sets the scales to the adaptive (hardware-aware) choice for the
         hardware state (see :meth:`~lumijax.quant.WeightQuantizer.calibrate`)."""
@@ -272,6 +296,7 @@ class OpticalLinear(QuantizedWeights):
         core: PhotonicCore | None = None,
         rngs: nnx.Rngs,
     ):
+        _check_features(in_features, out_features)
         linear = nnx.Linear(in_features, out_features, use_bias=use_bias, rngs=rngs)
         self.kernel = linear.kernel
         self.bias = linear.bias if use_bias else None
@@ -331,6 +356,7 @@ class OpticalConv(QuantizedWeights):
         core: PhotonicCore | None = None,
         rngs: nnx.Rngs,
     ):
+        _check_features(in_features, out_features)
         pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
         self.strides = pair(strides)
         self.conv = nnx.Conv(in_features, out_features, pair(kernel_size), self.strides, padding=padding, use_bias=use_bias, rngs=rngs)
@@ -382,6 +408,7 @@ class ComplexOpticalLinear(nnx.Module):
         phase_noise_rad: float = 0.0,
         rngs: nnx.Rngs,
     ):
+        _check_features(in_features, out_features)
         if jnp.dtype(dtype) not in (jnp.complex64, jnp.complex128):
             raise ValueError(f"dtype must be complex64 or complex128, got {dtype}")
         real = jnp.float32 if jnp.dtype(dtype) == jnp.complex64 else jnp.float64

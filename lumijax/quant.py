@@ -497,9 +497,11 @@ class DynamicRangeEstimator:
     def update(self, state: RangeState, x: Array) -> RangeState:
         """The state after observing the batch ``x`` (any shape)."""
         x = jax.lax.stop_gradient(x).astype(jnp.float32)
-        batch = jnp.percentile(jnp.abs(x), self.percentile)
+        # NaN and ±inf entries set no range (a converter saturates on them).
+        batch = jnp.nan_to_num(jnp.nanpercentile(jnp.where(jnp.isfinite(x), jnp.abs(x), jnp.nan), self.percentile))
         first = state.count == 0
         value = jnp.where(first, batch, self.momentum * state.range + (1.0 - self.momentum) * batch)
-        minimum = jnp.where(first, jnp.min(x), jnp.minimum(state.minimum, jnp.min(x)))
+        lowest = jnp.min(jnp.where(jnp.isnan(x), jnp.inf, x))
+        minimum = jnp.where(first, lowest, jnp.minimum(state.minimum, lowest))
         snr = hw.snr(self.hardware or hw.HardwareConfig())
         return RangeState(value, value / jnp.sqrt(snr), state.count + 1, minimum)

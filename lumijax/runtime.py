@@ -31,12 +31,17 @@ class Runtime:
 
     Attributes:
       inputs, outputs: ``[(name, dtype, shape)]`` of the graph.
+      cost: ``{"ideal": {"memory_bytes", "work"}, "hardware": {...}}``, the
+        peak memory (bytes) and the work (multiply-adds) of one run in ideal
+        mode and in the hardware modes, from the declared shapes
+        (FORMAT.md §6.2).
     """
 
     def __init__(self, native) -> None:
         self._native = native
         self.inputs = [(n, d, tuple(s)) for n, d, s in native.inputs()]
         self.outputs = [(n, d, tuple(s)) for n, d, s in native.outputs()]
+        self.cost = {mode: dict(figures) for mode, figures in native.cost()}
 
     def run(self, inputs: Sequence[np.ndarray], mode: str = "ideal", seed: int = 0) -> list[np.ndarray]:
         """The graph's outputs for ``inputs`` (in input order).
@@ -60,18 +65,25 @@ class Runtime:
         return self._native.run(arrays, mode, int(seed))
 
 
-def load(path: str | os.PathLike) -> Runtime:
-    """Memory-maps and validates ``path``; raises :class:`lumijax.lmn.LmnError`."""
+def load(path: str | os.PathLike, *, max_memory_bytes: int | None = None, max_work: int | None = None) -> Runtime:
+    """Memory-maps and validates ``path``; raises :class:`lumijax.lmn.LmnError`.
+
+    Args:
+      max_memory_bytes: the most memory a run may hold (weights, values and
+        scratch); ``None``: 4 GiB. A file whose ideal-mode run needs more is
+        refused here, a run in a hardware mode that needs more when it starts.
+      max_work: the most multiply-adds a run may take; ``None``: 2⁴⁰.
+    """
     try:
-        return Runtime(_native().LmnRuntime.open(os.fspath(path)))
+        return Runtime(_native().LmnRuntime.open(os.fspath(path), max_memory_bytes, max_work))
     except ValueError as err:
         raise lmn.LmnError(str(err)) from None
 
 
-def from_bytes(blob: bytes) -> Runtime:
-    """Validates an ``.lmn`` file held in memory."""
+def from_bytes(blob: bytes, *, max_memory_bytes: int | None = None, max_work: int | None = None) -> Runtime:
+    """Validates an ``.lmn`` file held in memory, with the caps of :func:`load`."""
     try:
-        return Runtime(_native().LmnRuntime.from_bytes(blob))
+        return Runtime(_native().LmnRuntime.from_bytes(blob, max_memory_bytes, max_work))
     except ValueError as err:
         raise lmn.LmnError(str(err)) from None
 

@@ -129,7 +129,7 @@ class WDMMap:
             if op.name not in found:
                 raise KeyError(f"the WDM map plans op {op.name!r}, which the model does not have")
             layer = found[op.name]
-            layer.slot_order = tuple(op.permutation)
+            layer.set_slot_order(op.permutation)
             layer.core.channel_spacing_nm[...] = np.float32(op.spacing_nm)
 
     def table(self) -> Table:

@@ -11,14 +11,19 @@ use numpy::{Element, PyArrayDyn, PyArrayMethods, PyReadonlyArrayDyn, PyUntypedAr
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 
+use crate::guard::no_panic;
+
 fn value_error(err: KernelError) -> PyErr {
     PyValueError::new_err(err.to_string())
 }
 
+/// The elements of a C-contiguous array in place; any other layout
+/// (Fortran order, strided views) is refused, never read in the wrong order.
 fn contiguous<'a, T: Element>(array: &'a PyReadonlyArrayDyn<'_, T>, name: &str) -> PyResult<&'a [T]> {
-    array
-        .as_slice()
-        .map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous")))
+    if !array.is_c_contiguous() {
+        return Err(PyValueError::new_err(format!("{name} must be C-contiguous (numpy.ascontiguousarray makes it so)")));
+    }
+    array.as_slice().map_err(|_| PyValueError::new_err(format!("{name} must be C-contiguous")))
 }
 
 /// Splits a shape of rank ≥ 2 into (batch axes, rows, cols).
@@ -69,7 +74,7 @@ fn matmul_typed<'py, T: GemmElement + Element>(
         let (a, b) = (contiguous(&a, "a")?, contiguous(&b, "b")?);
         let mut guard = out.readwrite();
         let c = guard.as_slice_mut().map_err(|_| PyValueError::new_err("result is not contiguous"))?;
-        py.detach(|| batched_matmul(a, b, c, &shape)).map_err(value_error)?;
+        no_panic(|| py.detach(|| batched_matmul(a, b, c, &shape)).map_err(value_error))?;
     }
     Ok(out.into_any())
 }
@@ -113,7 +118,7 @@ pub fn causal_softmax<'py>(py: Python<'py>, x: PyReadonlyArrayDyn<'py, f32>, sca
         let x = contiguous(&x, "x")?;
         let mut guard = out.readwrite();
         let y = guard.as_slice_mut().map_err(|_| PyValueError::new_err("result is not contiguous"))?;
-        py.detach(|| causal_softmax_forward(Some(x), y, &shape, scale)).map_err(value_error)?;
+        no_panic(|| py.detach(|| causal_softmax_forward(Some(x), y, &shape, scale)).map_err(value_error))?;
     }
     Ok(out.into_any())
 }
@@ -138,7 +143,7 @@ pub fn causal_softmax_backward_np<'py>(
         let (p, dp) = (contiguous(&p, "p")?, contiguous(&dp, "dp")?);
         let mut guard = out.readwrite();
         let dx = guard.as_slice_mut().map_err(|_| PyValueError::new_err("result is not contiguous"))?;
-        py.detach(|| causal_softmax_backward(p, Some(dp), dx, &shape, scale)).map_err(value_error)?;
+        no_panic(|| py.detach(|| causal_softmax_backward(p, Some(dp), dx, &shape, scale)).map_err(value_error))?;
     }
     Ok(out.into_any())
 }

@@ -5,6 +5,7 @@
 //! the XLA FFI handlers to JAX as PyCapsules.
 
 mod arrays;
+mod guard;
 mod runtime;
 
 use std::ffi::c_void;
@@ -78,5 +79,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(arrays::causal_softmax, m)?)?;
     m.add_function(wrap_pyfunction!(arrays::causal_softmax_backward_np, m)?)?;
     m.add_class::<runtime::LmnRuntime>()?;
+    m.add("NativePanic", m.py().get_type::<guard::NativePanic>())?;
+    m.add_function(wrap_pyfunction!(guard::panic_inside_the_guard, m)?)?;
     Ok(())
 }

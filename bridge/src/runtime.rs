@@ -2,11 +2,13 @@
 
 use std::sync::Arc;
 
-use lumijax_export::{Array, Mode, Model, Runtime};
+use lumijax_export::{Array, Limits, Mode, Model, Runtime};
 use numpy::{PyArrayMethods, PyReadonlyArrayDyn, PyUntypedArrayMethods, ToPyArray};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyList;
+
+use crate::guard::no_panic;
 
 /// A validated `.lmn` model, ready to run.
 #[pyclass(frozen, module = "lumijax._native")]
@@ -33,20 +35,41 @@ fn to_array(value: &Bound<'_, PyAny>) -> PyResult<Array> {
     Err(PyValueError::new_err("inputs must be numpy arrays of float32 or int32"))
 }
 
+fn limits(max_memory_bytes: Option<u64>, max_work: Option<u64>) -> Limits {
+    let default = Limits::default();
+    Limits { max_memory_bytes: max_memory_bytes.unwrap_or(default.max_memory_bytes), max_work: max_work.unwrap_or(default.max_work) }
+}
+
+fn ready(model: Result<Model, lumijax_export::FormatError>) -> PyResult<LmnRuntime> {
+    let model = model.map_err(|e| PyValueError::new_err(e.to_string()))?;
+    Ok(LmnRuntime { runtime: Runtime::new(Arc::new(model)) })
+}
+
 #[pymethods]
 impl LmnRuntime {
-    /// Opens (memory-maps) and validates an `.lmn` file.
+    /// Opens (memory-maps) and validates an `.lmn` file; a run may take at
+    /// most `max_memory_bytes` and `max_work` multiply-adds (None: the defaults).
     #[staticmethod]
-    fn open(path: &str) -> PyResult<LmnRuntime> {
-        let model = Model::open(path).map_err(|e| PyValueError::new_err(e.to_string()))?;
-        Ok(LmnRuntime { runtime: Runtime::new(Arc::new(model)) })
+    #[pyo3(signature = (path, max_memory_bytes = None, max_work = None))]
+    fn open(py: Python<'_>, path: &str, max_memory_bytes: Option<u64>, max_work: Option<u64>) -> PyResult<LmnRuntime> {
+        no_panic(|| py.detach(|| ready(Model::open_with(path, limits(max_memory_bytes, max_work)))))
     }
 
-    /// Validates an `.lmn` file held in memory.
+    /// Validates an `.lmn` file held in memory, with the caps of `open`.
     #[staticmethod]
-    fn from_bytes(bytes: &[u8]) -> PyResult<LmnRuntime> {
-        let model = Model::from_bytes(bytes).map_err(|e| PyValueError::new_err(e.to_string()))?;
-        Ok(LmnRuntime { runtime: Runtime::new(Arc::new(model)) })
+    #[pyo3(signature = (bytes, max_memory_bytes = None, max_work = None))]
+    fn from_bytes(py: Python<'_>, bytes: &[u8], max_memory_bytes: Option<u64>, max_work: Option<u64>) -> PyResult<LmnRuntime> {
+        no_panic(|| py.detach(|| ready(Model::from_bytes_with(bytes, limits(max_memory_bytes, max_work)))))
+    }
+
+    /// `{mode: {"memory_bytes", "work"}}` of a run in `"ideal"` mode and in
+    /// the hardware modes (`"hardware"`), from the declared shapes.
+    fn cost(&self) -> Vec<(&'static str, Vec<(&'static str, u64)>)> {
+        let cost = &self.runtime.model().cost;
+        [("ideal", &cost.ideal), ("hardware", &cost.hardware)]
+            .into_iter()
+            .map(|(mode, usage)| (mode, vec![("memory_bytes", usage.memory_bytes), ("work", usage.work)]))
+            .collect()
     }
 
     /// `[(name, dtype, shape)]` of the graph inputs.
@@ -66,9 +89,7 @@ impl LmnRuntime {
     fn run<'py>(&self, py: Python<'py>, inputs: &Bound<'py, PyList>, mode: &str, seed: u64) -> PyResult<Vec<Bound<'py, PyAny>>> {
         let mode = self::mode(mode, seed)?;
         let arrays = inputs.iter().map(|v| to_array(&v)).collect::<PyResult<Vec<_>>>()?;
-        let outputs = py
-            .detach(|| self.runtime.run(&arrays, mode))
-            .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let outputs = no_panic(|| py.detach(|| self.runtime.run(&arrays, mode)).map_err(|e| PyValueError::new_err(e.to_string())))?;
         outputs
             .into_iter()
             .map(|a| -> PyResult<Bound<'py, PyAny>> {

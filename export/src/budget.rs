@@ -14,7 +14,7 @@ use std::collections::HashMap;
 
 use crate::error::FormatError;
 use crate::graph::{Graph, Op, Step};
-use crate::runtime::{attention_rows_per_task, conv_path, ConvPath, CONV_BLOCK_ELEMENTS};
+use crate::runtime::{attention_rows_per_task, conv_blocks, conv_path, ConvPath};
 use crate::tensor::TensorInfo;
 use crate::winograd;
 
@@ -135,7 +135,10 @@ fn step_cost(graph: &Graph, tensors: &HashMap<String, TensorInfo>, step: &Step, 
                     ConvPath::Pointwise => 0,
                     ConvPath::Winograd => mul(&[winograd::scratch_elements(y, x[3], threads), 4])?,
                     ConvPath::Whole => floats(&[rows, width])?,
-                    ConvPath::Blocked => floats(&[threads, CONV_BLOCK_ELEMENTS + width])?,
+                    ConvPath::Blocked => {
+                        let (blocks, block) = conv_blocks(rows, width, threads);
+                        floats(&[threads.min(blocks), block, width])?
+                    }
                 };
                 StepCost { scratch, work, kept: 0 }
             }

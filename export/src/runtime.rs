@@ -115,6 +115,14 @@ pub(crate) fn conv_path(input: &[usize], output: &[usize], kernel: [usize; 2], s
     }
 }
 
+/// The blocked path's cut of `rows` output pixels of `width` patch entries
+/// over `threads` threads: a multiple of the thread count of blocks, each of
+/// `block` rows and at most about [`CONV_BLOCK_ELEMENTS`] patch entries.
+pub(crate) fn conv_blocks(rows: usize, width: usize, threads: usize) -> (usize, usize) {
+    let blocks = threads * rows.saturating_mul(width).div_ceil(threads * CONV_BLOCK_ELEMENTS);
+    (blocks, rows.div_ceil(blocks.max(1)))
+}
+
 /// Query rows per task of ideal-mode attention over `keys` keys: blocks of
 /// about 64 Ki scores.
 pub(crate) fn attention_rows_per_task(keys: usize) -> usize {
@@ -204,8 +212,7 @@ impl ConvGeometry<'_> {
                 gemm(&patches[..rows * width], kernel_t, &mut y, 1, (rows, width, cout), false)
             }).map(|()| y);
         }
-        let blocks = threads * (rows * width).div_ceil(threads * CONV_BLOCK_ELEMENTS);
-        let block = rows.div_ceil(blocks);
+        let (_, block) = conv_blocks(rows, width, threads);
         y.par_chunks_mut(block * cout.max(1)).enumerate().try_for_each(|(i, out)| {
             let count = out.len() / cout.max(1);
             with_scratch(|patches| {

@@ -11,6 +11,7 @@ and needs no torch.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -92,15 +93,31 @@ def _rebuild(arch: str, config: dict, factory: LayerFactory) -> nnx.Module:
     raise ModelFileError(f"unknown architecture {arch!r} in the model file")
 
 
+@dataclasses.dataclass(frozen=True)
+class _BoundedFactory(LayerFactory):
+    """A factory that makes at most ``max_cores`` photonic cores: a model
+    file's description may not claim more layers than its state holds."""
+
+    max_cores: int = 0
+    made: list[int] = dataclasses.field(default_factory=lambda: [0], compare=False)
+
+    def core(self, rngs: nnx.Rngs) -> layers.PhotonicCore:
+        self.made[0] += 1
+        if self.made[0] > self.max_cores:
+            raise ModelFileError(f"the model description asks for more photonic layers than the {self.max_cores} whose state the file holds")
+        return super().core(rngs)
+
+
 def _decode(key: str, entry: Any, like: Any) -> np.ndarray:
+    """The array of state entry ``key``, which must have the shape and dtype of ``like``."""
     try:
         dtype, shape = np.dtype(entry["dtype"]), tuple(int(d) for d in entry["shape"])
         data = entry["data"]
     except (KeyError, TypeError, ValueError) as err:
         raise ModelFileError(f"state entry {key!r} is malformed ({err})") from None
-    expected = np.asarray(like)
-    if shape != expected.shape or dtype != expected.dtype or len(data) != expected.nbytes:
-        raise ModelFileError(f"state entry {key!r}: {dtype} {shape} in the file, the model holds {expected.dtype} {expected.shape}")
+    expected_dtype, expected_shape = np.dtype(like.dtype), tuple(like.shape)
+    if shape != expected_shape or dtype != expected_dtype or len(data) != expected_dtype.itemsize * math.prod(shape):
+        raise ModelFileError(f"state entry {key!r}: {dtype} {shape} in the file, the model holds {expected_dtype} {expected_shape}")
     return np.frombuffer(data, dtype).reshape(shape).copy()
 
 
@@ -115,18 +132,32 @@ def load(path: str | Path, *, mode: layers.Mode | None = None) -> GPT | ResNet |
         raise ModelFileError(f"{path}: not a lumijax model file")
     if payload.get("version") != VERSION:
         raise ModelFileError(f"{path}: model file version {payload.get('version')}, this lumijax reads {VERSION}")
+    stored = payload.get("state", {})
+    if not isinstance(stored, dict):
+        raise ModelFileError(f"{path}: the state must be a map")
     try:
         spec = payload["factory"]
         factory = LayerFactory(hw.HardwareConfig(**spec["hardware"]), mode or spec["mode"], int(spec["weight_bits"]))
-        model = _rebuild(payload["arch"], payload["config"], factory)
+        # First the shapes alone (nothing allocated), with no more layers
+        # than the file holds state for: the description is checked against
+        # the data before a model of the size it claims is built.
+        cores = sum(key.endswith("core/channel_spacing_nm") for key in stored)
+        bounded = _BoundedFactory(factory.hardware, factory.mode, factory.weight_bits, max_cores=cores)
+        abstract = nnx.eval_shape(lambda: _rebuild(payload["arch"], payload["config"], bounded))
+    except ModelFileError as err:
+        raise ModelFileError(f"{path}: {err}") from None
     except (KeyError, TypeError, ValueError) as err:
         raise ModelFileError(f"{path}: the model description is invalid ({err})") from None
-    pure, flat = _flat_state(model)
-    stored = payload.get("state", {})
-    if set(stored) != set(flat):
-        missing, extra = sorted(set(flat) - set(stored)), sorted(set(stored) - set(flat))
+    _, shapes = _flat_state(abstract)
+    if set(stored) != set(shapes):
+        missing, extra = sorted(set(shapes) - set(stored)), sorted(set(stored) - set(shapes))
         raise ModelFileError(f"{path}: state does not fit the model (missing {missing[:5]}, unexpected {extra[:5]})")
-    values = {k: _decode(k, stored[k], flat[k]) for k in flat}
+    try:
+        values = {k: _decode(k, stored[k], shapes[k]) for k in shapes}
+    except ModelFileError as err:
+        raise ModelFileError(f"{path}: {err}") from None
+    model = _rebuild(payload["arch"], payload["config"], factory)
+    pure, _ = _flat_state(model)
     leaves = jax.tree_util.tree_flatten_with_path(pure)[0]
     pure = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(pure), [values[_key(p)] for p, _ in leaves])
     state = nnx.state(model, nnx.Any(*SAVED))
@@ -136,5 +167,8 @@ def load(path: str | Path, *, mode: layers.Mode | None = None) -> GPT | ResNet |
     for name, order in payload.get("slot_orders", {}).items():
         if name not in planned:
             raise ModelFileError(f"{path}: slot order for {name!r}, which the model does not have")
-        planned[name].slot_order = tuple(int(i) for i in order)
+        try:
+            planned[name].set_slot_order(order)
+        except (TypeError, ValueError) as err:
+            raise ModelFileError(f"{path}: slot order of {name!r}: {err}") from None
     return model

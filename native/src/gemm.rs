@@ -89,11 +89,20 @@ impl MatmulShape {
         op_a: Op,
         op_b: Op,
     ) -> Result<Self, KernelError> {
+        let (index_a, index_b) = if m == 0 || n == 0 {
+            // An empty output reads no matrix: the batch axes are checked,
+            // and no index is listed, however many the batch claims.
+            broadcast_strides(batch, batch_a, "A")?;
+            broadcast_strides(batch, batch_b, "B")?;
+            (Vec::new(), Vec::new())
+        } else {
+            (broadcast_index(batch, batch_a, "A")?, broadcast_index(batch, batch_b, "B")?)
+        };
         Ok(MatmulShape {
             batch_a: checked_product(batch_a, "batch of A")?,
             batch_b: checked_product(batch_b, "batch of B")?,
-            index_a: broadcast_index(batch, batch_a, "A")?,
-            index_b: broadcast_index(batch, batch_b, "B")?,
+            index_a,
+            index_b,
             m,
             k,
             n,
@@ -144,6 +153,26 @@ pub fn split_matrix_shape(shape: &[usize]) -> Option<(&[usize], usize, usize)> {
 /// For each flat index of `out`, the flat index of `input` that numpy
 /// broadcasting reads (`input` right-aligned, size-1 axes repeated).
 pub fn broadcast_index(out: &[usize], input: &[usize], name: &str) -> Result<Vec<usize>, KernelError> {
+    let strides = broadcast_strides(out, input, name)?;
+    let total = checked_product(out, name)?;
+    let mut index = Vec::with_capacity(total);
+    let mut counter = vec![0usize; out.len()];
+    for _ in 0..total {
+        index.push(counter.iter().zip(&strides).map(|(c, s)| c * s).sum());
+        for axis in (0..out.len()).rev() {
+            counter[axis] += 1;
+            if counter[axis] < out[axis] {
+                break;
+            }
+            counter[axis] = 0;
+        }
+    }
+    Ok(index)
+}
+
+/// The stride of each axis of `out` in `input` (0 where it broadcasts), or
+/// an error when `input` does not broadcast to `out`.
+fn broadcast_strides(out: &[usize], input: &[usize], name: &str) -> Result<Vec<usize>, KernelError> {
     let mismatch = || {
         KernelError::Shape(format!("batch axes {input:?} of {name} do not broadcast to {out:?}"))
     };
@@ -162,20 +191,7 @@ pub fn broadcast_index(out: &[usize], input: &[usize], name: &str) -> Result<Vec
         strides[lead + axis] = if size == 1 { 0 } else { stride };
         stride = stride.checked_mul(size).ok_or_else(mismatch)?;
     }
-    let total = checked_product(out, name)?;
-    let mut index = Vec::with_capacity(total);
-    let mut counter = vec![0usize; out.len()];
-    for _ in 0..total {
-        index.push(counter.iter().zip(&strides).map(|(c, s)| c * s).sum());
-        for axis in (0..out.len()).rev() {
-            counter[axis] += 1;
-            if counter[axis] < out[axis] {
-                break;
-            }
-            counter[axis] = 0;
-        }
-    }
-    Ok(index)
+    Ok(strides)
 }
 
 /// Row and column strides of an operand stored row-major as `rows×cols`

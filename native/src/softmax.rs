@@ -37,7 +37,11 @@ impl CausalShape {
         t.saturating_add(self.offset).saturating_add(1).min(self.keys)
     }
 
-    fn check(&self, lengths: &[(&str, usize)]) -> Result<(), KernelError> {
+    /// Lengths of the operands against the shape, and a finite `scale`.
+    fn check(&self, lengths: &[(&str, usize)], scale: f32) -> Result<(), KernelError> {
+        if !scale.is_finite() {
+            return Err(KernelError::Value(format!("scale must be finite, got {scale}")));
+        }
         let want = self.len()?;
         for &(name, got) in lengths {
             if got != want {
@@ -60,7 +64,7 @@ fn rows_per_task(keys: usize) -> usize {
 /// `x = None` computes in place: `out` holds the logits on entry (XLA
 /// passes the same buffer when the logits are not needed afterwards).
 pub fn causal_softmax_forward(x: Option<&[f32]>, out: &mut [f32], shape: &CausalShape, scale: f32) -> Result<(), KernelError> {
-    shape.check(&[("x", x.map_or(out.len(), <[f32]>::len)), ("the result", out.len())])?;
+    shape.check(&[("x", x.map_or(out.len(), <[f32]>::len)), ("the result", out.len())], scale)?;
     if shape.keys == 0 || out.is_empty() {
         return Ok(());
     }
@@ -90,7 +94,7 @@ pub fn causal_softmax_backward(
     shape: &CausalShape,
     scale: f32,
 ) -> Result<(), KernelError> {
-    shape.check(&[("p", p.len()), ("dp", dp.map_or(dx.len(), <[f32]>::len)), ("the result", dx.len())])?;
+    shape.check(&[("p", p.len()), ("dp", dp.map_or(dx.len(), <[f32]>::len)), ("the result", dx.len())], scale)?;
     if shape.keys == 0 || dx.is_empty() {
         return Ok(());
     }

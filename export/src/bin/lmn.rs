@@ -6,9 +6,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use std::io::Write;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use lumijax_export::graph::Op;
-use lumijax_export::{npy, Mode, Model, Runtime};
+use lumijax_export::{npy, Limits, Mode, Model, Runtime};
 
 #[derive(Parser)]
 #[command(name = "lmn", version, about = "Inspect, run and time .lmn Photonic Execution Graphs")]
@@ -27,10 +29,31 @@ enum ModeArg {
     Noisy,
 }
 
+/// Caps on what running the file may take (FORMAT.md §6.2).
+#[derive(Args, Clone, Copy)]
+struct Caps {
+    /// Peak bytes a run may hold: prepared weights, values and scratch.
+    #[arg(long, default_value_t = Limits::default().max_memory_bytes)]
+    max_memory: u64,
+    /// Multiply-adds a run may take (other ops count 8 per element).
+    #[arg(long, default_value_t = Limits::default().max_work)]
+    max_work: u64,
+}
+
+impl Caps {
+    fn open(self, file: &Path) -> Result<Model, String> {
+        Model::open_with(file, Limits { max_memory_bytes: self.max_memory, max_work: self.max_work }).map_err(|e| e.to_string())
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Validate a file and print a summary.
-    Inspect { file: PathBuf },
+    Inspect {
+        file: PathBuf,
+        #[command(flatten)]
+        caps: Caps,
+    },
     /// Run a file on inputs from .npy/.npz and write the outputs.
     Run {
         file: PathBuf,
@@ -45,6 +68,8 @@ enum Command {
         /// Seed of the noise streams (FORMAT.md §7.3).
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        #[command(flatten)]
+        caps: Caps,
     },
     /// Time loading, validation and inference on zero inputs.
     Bench {
@@ -54,6 +79,8 @@ enum Command {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        caps: Caps,
     },
 }
 
@@ -65,8 +92,10 @@ fn mode(arg: ModeArg, seed: u64) -> Mode {
     }
 }
 
-fn inspect(file: &Path) -> Result<(), String> {
-    let model = Model::open(file).map_err(|e| e.to_string())?;
+/// The summary of a valid file.
+fn inspect(file: &Path, caps: Caps) -> Result<String, String> {
+    use std::fmt::Write as _;
+    let model = caps.open(file)?;
     let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
     let h = &model.header;
     let g = &model.graph;
@@ -86,9 +115,10 @@ fn inspect(file: &Path) -> Result<(), String> {
         entry.0 += 1;
         entry.1 += t.nbytes;
     }
-    let row = |k: &str, v: String| println!("  {k:<22} {v}");
-    println!("{}", file.display());
-    row("file", format!("{size} bytes, format 1, producer {:?}", h.producer));
+    let mut out = String::new();
+    let mut row = |k: &str, v: String| writeln!(out, "  {k:<22} {v}").expect("writing to a String");
+    let p = &model.preamble;
+    row("file", format!("{size} bytes, format {}.{}, producer {:?}", p.major, p.minor, h.producer));
     for (k, v) in &h.metadata {
         if k != "config" {
             row(k, v.clone());
@@ -112,11 +142,14 @@ fn inspect(file: &Path) -> Result<(), String> {
             row(key, v.to_string());
         }
     }
-    Ok(())
+    let cost = &model.cost;
+    row("run, ideal", format!("{} bytes, {} multiply-adds", cost.ideal.memory_bytes, cost.ideal.work));
+    row("run, hardware modes", format!("{} bytes, {} multiply-adds", cost.hardware.memory_bytes, cost.hardware.work));
+    Ok(format!("{}\n{out}", file.display()))
 }
 
-fn run(file: &Path, input: &Path, output: &Path, mode: Mode) -> Result<(), String> {
-    let runtime = Runtime::new(Arc::new(Model::open(file).map_err(|e| e.to_string())?));
+fn run(file: &Path, input: &Path, output: &Path, mode: Mode, caps: Caps) -> Result<(), String> {
+    let runtime = Runtime::new(Arc::new(caps.open(file)?));
     let g = &runtime.model().graph;
     let wanted: Vec<_> = g.inputs.iter().map(|&i| &g.values[i]).collect();
     let inputs = npy::read_inputs(input, &wanted)?;
@@ -125,7 +158,7 @@ fn run(file: &Path, input: &Path, output: &Path, mode: Mode) -> Result<(), Strin
     npy::write_outputs(output, &names, &outputs)
 }
 
-fn bench(file: &Path, iterations: usize, json: bool) -> Result<(), String> {
+fn bench(file: &Path, iterations: usize, json: bool, caps: Caps) -> Result<String, String> {
     let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
     let start = Instant::now();
     let bytes = std::fs::File::open(file).map_err(|e| format!("{}: {e}", file.display()))?;
@@ -134,7 +167,7 @@ fn bench(file: &Path, iterations: usize, json: bool) -> Result<(), String> {
     Model::parse_header(&map).map_err(|e| e.to_string())?;
     let header = start.elapsed();
     let start = Instant::now();
-    let model = Model::open(file).map_err(|e| e.to_string())?;
+    let model = caps.open(file)?;
     let open = start.elapsed();
     let start = Instant::now();
     let runtime = Runtime::new(Arc::new(model));
@@ -152,30 +185,37 @@ fn bench(file: &Path, iterations: usize, json: bool) -> Result<(), String> {
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
     let threads = rayon::current_num_threads();
-    if json {
-        println!(
-            "{{\"header_ms\": {:.4}, \"open_ms\": {:.4}, \"prepare_ms\": {:.4}, \"first_ms\": {:.4}, \"median_ms\": {median:.4}, \"runs\": {}, \"threads\": {threads}}}",
+    Ok(if json {
+        format!(
+            "{{\"header_ms\": {:.4}, \"open_ms\": {:.4}, \"prepare_ms\": {:.4}, \"first_ms\": {:.4}, \"median_ms\": {median:.4}, \"runs\": {}, \"threads\": {threads}}}\n",
             ms(header), ms(open), ms(prepare), ms(first), times.len()
-        );
+        )
     } else {
-        println!("header parse + validate   {:.3} ms", ms(header));
-        println!("open + validate all       {:.3} ms (checksum and tensor contents too)", ms(open));
-        println!("prepare weights           {:.3} ms", ms(prepare));
-        println!("first inference           {:.3} ms", ms(first));
-        println!("median inference          {median:.3} ms over {} runs, {threads} threads", times.len());
-    }
-    Ok(())
+        format!(
+            "header parse + validate   {:.3} ms\nopen + validate all       {:.3} ms (checksum and tensor contents too)\nprepare weights           {:.3} ms\nfirst inference           {:.3} ms\nmedian inference          {median:.3} ms over {} runs, {threads} threads\n",
+            ms(header), ms(open), ms(prepare), ms(first), times.len()
+        )
+    })
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
-        Command::Inspect { file } => inspect(file),
-        Command::Run { file, input, output, mode: m, seed } => run(file, input, output, mode(*m, *seed)),
-        Command::Bench { file, iterations, json } => bench(file, *iterations, *json),
+        Command::Inspect { file, caps } => inspect(file, *caps),
+        Command::Run { file, input, output, mode: m, seed, caps } => run(file, input, output, mode(*m, *seed), *caps).map(|()| String::new()),
+        Command::Bench { file, iterations, json, caps } => bench(file, *iterations, *json, *caps),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(text) => {
+            // A reader that stops early (`| head`) is not an error.
+            match std::io::stdout().lock().write_all(text.as_bytes()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("lmn: {e}");
+                    ExitCode::from(2)
+                }
+                _ => ExitCode::SUCCESS,
+            }
+        }
         Err(message) => {
             eprintln!("lmn: {}", message.lines().next().unwrap_or("error"));
             ExitCode::from(2)

@@ -88,9 +88,6 @@ fn causal_shape(call: &Call<'_>, x: &Buffer<'_>) -> Result<(CausalShape, f32), K
     let (batch, queries, keys) = matrix_dims(x, "x")?;
     let outer = checked_product(&batch, "x")?;
     let scale = call.attr_f64("scale")? as f32;
-    if !scale.is_finite() {
-        return Err(KernelError::Value(format!("scale must be finite, got {scale}")));
-    }
     let offset = call.attr_i64("offset")?;
     let offset = usize::try_from(offset)
         .map_err(|_| KernelError::Value(format!("offset must be ≥ 0, got {offset}")))?;

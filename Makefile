@@ -16,7 +16,7 @@ RUST_SOURCES := Cargo.toml Cargo.lock $(shell find native bridge export -name '*
 BUILD_STAMP := $(VENV)/.built-torch-test
 BENCH_STAMP := $(VENV)/.built-bench
 
-.PHONY: demo test bench fuzz clean
+.PHONY: demo test bench fuzz fuzz-smoke clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -35,16 +35,34 @@ $(BENCH_STAMP): $(BUILD_STAMP)
 demo: $(BUILD_STAMP)
 	$(VENV)/bin/lumijax demo --out out
 
-test: $(BUILD_STAMP)
+test: $(BUILD_STAMP) fuzz-smoke
 	cargo test --workspace
 	$(PY) -m pytest
 
 bench: $(BENCH_STAMP)
 	for bench in benchmarks/bench_*.py; do echo "== $$bench"; $(PY) "$$bench"; done
 
-# A million mutated .lmn files through the reader and the runtime (not part of test).
-fuzz:
-	cargo run --release --locked -p lumijax-export --example fuzz -- $${FUZZ_ITERATIONS:-1000000} $${FUZZ_SEED:-0}
+# Coverage-guided fuzzing of the .lmn reader, validator and runtime with
+# libFuzzer (cargo fuzz, installed into .venv): seeded with small exported
+# models and every input that once broke the runtime (export/fuzz/). A crash,
+# a leak of memory past -rss_limit_mb or one allocation past -malloc_limit_mb
+# stops the run and is saved under export/fuzz/artifacts/.
+CARGO_FUZZ := $(VENV)/bin/cargo-fuzz
+FUZZ_RUN := cd export && cargo fuzz run --sanitizer none lmn_file fuzz/corpus/lmn_file fuzz/seeds fuzz/regressions -- \
+	-max_len=262144 -rss_limit_mb=1024 -malloc_limit_mb=512 -timeout=10 -print_final_stats=1
+
+$(CARGO_FUZZ): $(PY)
+	cargo install cargo-fuzz --locked --version 0.13.2 --root $(VENV)
+
+# FUZZ_SECONDS of fuzzing (default an hour); the corpus grows across runs.
+fuzz: $(CARGO_FUZZ)
+	mkdir -p export/fuzz/corpus/lmn_file
+	$(FUZZ_RUN) -max_total_time=$${FUZZ_SECONDS:-3600}
+
+# The smoke run of `make test`: the seeds, the regressions and 20 000 mutations.
+fuzz-smoke: $(CARGO_FUZZ)
+	rm -rf export/fuzz/corpus/smoke && mkdir -p export/fuzz/corpus/smoke
+	$(subst corpus/lmn_file,corpus/smoke,$(FUZZ_RUN)) -runs=20000 -seed=1
 
 clean:
 	rm -rf $(VENV) target out

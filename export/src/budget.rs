@@ -150,7 +150,8 @@ fn step_cost(graph: &Graph, tensors: &HashMap<String, TensorInfo>, step: &Step, 
             // q, k, v in per-head layouts, the mixed heads and the output.
             let split = floats(&[5, n, t, c])?;
             if hardware {
-                let (transient, programming) = program(t.max(d), t.max(d), channels(core))?;
+                // Each head programs k (T, d) and vᵀ (d, T) onto banks.
+                let (transient, programming) = program(d, t, channels(core))?;
                 // Per head: the scores, their converted copy and the product's output.
                 let scratch = add(split, add(floats(&[3, t, t])?, transient, "memory")?, "memory")?;
                 let work = mul(&[2, groups, t, t, d])?.checked_add(mul(&[groups, 2])?.checked_mul(programming).ok_or_else(|| overflow("work"))?);

@@ -277,6 +277,17 @@ impl Runtime {
             .collect()
     }
 
+    /// Runs the graph once on [`Runtime::zero_inputs`] in each mode
+    /// (ideal, expected, noisy with seed 0): every op and every kernel the
+    /// file asks for, on its declared shapes, within its caps.
+    pub fn check_on_zeros(&self) -> Result<(), RunError> {
+        let inputs = self.zero_inputs();
+        for mode in [Mode::Ideal, Mode::Expected, Mode::Noisy { seed: 0 }] {
+            self.run(&inputs, mode)?;
+        }
+        Ok(())
+    }
+
     /// The ideal-mode path of a convolution step (`None` for other ops).
     fn ideal_conv_path(model: &Model, step: &Step) -> Option<ConvPath> {
         let Op::Conv2d { kernel, stride, .. } = &step.op else { return None };

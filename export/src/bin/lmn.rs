@@ -54,6 +54,12 @@ enum Command {
         #[command(flatten)]
         caps: Caps,
     },
+    /// Validate a file and run it once on zero inputs in every mode.
+    Check {
+        file: PathBuf,
+        #[command(flatten)]
+        caps: Caps,
+    },
     /// Run a file on inputs from .npy/.npz and write the outputs.
     Run {
         file: PathBuf,
@@ -202,6 +208,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match &cli.command {
         Command::Inspect { file, caps } => inspect(file, *caps),
+        Command::Check { file, caps } => caps
+            .open(file)
+            .and_then(|model| Runtime::new(Arc::new(model)).check_on_zeros().map_err(|e| e.to_string()))
+            .map(|()| format!("{}: valid; runs in ideal, expected and noisy mode\n", file.display())),
         Command::Run { file, input, output, mode: m, seed, caps } => run(file, input, output, mode(*m, *seed), *caps).map(|()| String::new()),
         Command::Bench { file, iterations, json, caps } => bench(file, *iterations, *json, *caps),
     };

@@ -89,20 +89,25 @@ fn add(a: u64, b: u64, what: &str) -> Result<u64, FormatError> {
     a.checked_add(b).ok_or_else(|| overflow(what))
 }
 
+/// `a·b` of two figures of work.
+fn times(a: u64, b: u64) -> Result<u64, FormatError> {
+    a.checked_mul(b).ok_or_else(|| overflow("work"))
+}
+
 /// Memory and work of `step` in `ideal` mode (`hardware = false`) or the hardware modes.
 fn step_cost(graph: &Graph, tensors: &HashMap<String, TensorInfo>, step: &Step, hardware: bool, threads: usize) -> Result<StepCost, FormatError> {
     let x = &graph.values[step.inputs[0]].shape;
     let y = &graph.values[step.output].shape;
     let out_elements = mul(y)?;
     let elementwise = |factor: u64| -> Result<StepCost, FormatError> {
-        Ok(StepCost { scratch: 0, work: out_elements.checked_mul(factor * ELEMENT_WORK).ok_or_else(|| overflow("work"))?, kept: 0 })
+        Ok(StepCost { scratch: 0, work: times(out_elements, factor * ELEMENT_WORK)?, kept: 0 })
     };
     // Programming a (rows, k) weight onto banks of n channels: the
     // dequantized, slot-ordered, compensated, coupled and transposed copies,
     // and two per-tile products of n·k·rows multiply-adds (plus inverses).
     let program = |rows: usize, k: usize, n: usize| -> Result<(u64, u64), FormatError> {
         let len = n.min(k);
-        let work = mul(&[2, rows, k, len])?.checked_add(mul(&[2, len, len, len])?).ok_or_else(|| overflow("work"))?;
+        let work = add(mul(&[2, rows, k, len])?, mul(&[2, len, len, len])?, "work")?;
         Ok((floats(&[5, rows, k])?, work))
     };
     let channels = |core: &crate::graph::Core| tensors[&core.coupling].shape[0];
@@ -154,8 +159,8 @@ fn step_cost(graph: &Graph, tensors: &HashMap<String, TensorInfo>, step: &Step, 
                 let (transient, programming) = program(d, t, channels(core))?;
                 // Per head: the scores, their converted copy and the product's output.
                 let scratch = add(split, add(floats(&[3, t, t])?, transient, "memory")?, "memory")?;
-                let work = mul(&[2, groups, t, t, d])?.checked_add(mul(&[groups, 2])?.checked_mul(programming).ok_or_else(|| overflow("work"))?);
-                let work = work.and_then(|w| w.checked_add(mul(&[groups, t, t]).ok()?.checked_mul(ELEMENT_WORK)?)).ok_or_else(|| overflow("work"))?;
+                let (products, softmax) = (mul(&[2, groups, t, t, d])?, times(mul(&[groups, t, t])?, ELEMENT_WORK)?);
+                let work = add(add(products, times(mul(&[2, groups])?, programming)?, "work")?, softmax, "work")?;
                 StepCost { scratch, work, kept: 0 }
             } else {
                 let rows = attention_rows_per_task(t);
@@ -163,7 +168,7 @@ fn step_cost(graph: &Graph, tensors: &HashMap<String, TensorInfo>, step: &Step, 
                 let scratch = add(split, floats(&[threads.min(tasks), rows, t])?, "memory")?;
                 // Causal: query s multiplies s + 1 keys, twice (scores and mixing).
                 let visible = mul(&[t, t + 1])? / 2;
-                let work = visible.checked_mul(mul(&[groups])?).and_then(|v| v.checked_mul(2 * d as u64 + ELEMENT_WORK)).ok_or_else(|| overflow("work"))?;
+                let work = times(times(visible, groups as u64)?, 2 * d as u64 + ELEMENT_WORK)?;
                 StepCost { scratch, work, kept: 0 }
             }
         }
@@ -172,7 +177,7 @@ fn step_cost(graph: &Graph, tensors: &HashMap<String, TensorInfo>, step: &Step, 
             let taps = window[0].min(x[1]) * window[1].min(x[2]);
             elementwise(taps.max(1) as u64)?
         }
-        Op::GlobalAvgPool => StepCost { scratch: 0, work: mul(x)?.checked_mul(ELEMENT_WORK).ok_or_else(|| overflow("work"))?, kept: 0 },
+        Op::GlobalAvgPool => StepCost { scratch: 0, work: times(mul(x)?, ELEMENT_WORK)?, kept: 0 },
         Op::LayerNorm { .. } => elementwise(3)?,
         Op::Transpose { .. } | Op::Reshape { .. } | Op::ScaleShift { .. } | Op::Relu | Op::Gelu { .. } | Op::Add | Op::Embedding { .. } | Op::AddPositions { .. } => elementwise(1)?,
     })

@@ -321,6 +321,20 @@ mod tests {
     }
 
     #[test]
+    fn every_split_covers_the_channels_with_no_empty_block() {
+        for threads in 1..=64 {
+            for outputs in [1, 63, 64, 65, 130, 1000, 4097, 5121, 9000] {
+                for (tiles, channels) in [(1, 64), (32, 64), (1000, 256), (5000, 600)] {
+                    let split = Split::new(tiles, channels, outputs, threads);
+                    let last = (split.channel_blocks - 1) * split.channels;
+                    assert!(last < outputs && outputs <= split.channel_blocks * split.channels, "{threads} threads, {outputs} outputs");
+                    assert!((split.tile_blocks - 1) * split.tiles < tiles && tiles <= split.tile_blocks * split.tiles);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn refuses_a_filter_for_other_channels() {
         let filter = Filter::new(&[0.0; 2 * 9 * 3], 2, 3);
         let err = conv3x3(&[0.0; 4 * 4 * 4], &[1, 4, 4, 4], [[0, 0], [0, 0]], [2, 2], &filter).unwrap_err();

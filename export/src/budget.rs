@@ -216,7 +216,7 @@ fn usage(graph: &Graph, tensors: &HashMap<String, TensorInfo>, hardware: bool, t
     let mut usage = Usage { memory_bytes: prepared, ..Usage::default() };
     let mut kept = 0u64;
     // The caller's inputs and the runtime's copies of them.
-    let mut live = graph.inputs.iter().try_fold(0u64, |a, &v| Ok::<_, FormatError>(add(a, 2 * bytes(v)?, "memory")?))?;
+    let mut live = graph.inputs.iter().try_fold(0u64, |a, &v| add(a, 2 * bytes(v)?, "memory"))?;
     let mut busiest = 0u64;
     for (i, step) in graph.steps.iter().enumerate() {
         let cost = step_cost(graph, tensors, step, hardware, threads)?;

@@ -3,7 +3,10 @@ interpreter, a hang, or a silent wrong result."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import jax.numpy as jnp
 import msgpack
@@ -146,3 +149,18 @@ def test_runtime_caps_are_the_callers_to_set(tmp_path):
     np.testing.assert_allclose(y, np.asarray(model(x)), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="over the limits: a run in expected mode needs"):
         tight.run([x], mode="expected")
+
+
+def test_a_run_stays_within_the_memory_the_reader_predicts():
+    """The cost the reader computes bounds what `lmn check` (a run on zeros in
+    every mode) really holds, beyond the process's own start-up footprint."""
+    binary = runtime.lmn_binary()
+    assert binary is not None, "build the lmn binary (make builds it)"
+    root = Path(__file__).resolve().parent.parent / "export"
+    measure = "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    baseline_kb = int(subprocess.run([sys.executable, "-c", measure, str(binary), "--version"], capture_output=True, text=True, check=True).stdout.splitlines()[-1])
+    for path in [root / "tests/fixtures/resnet.lmn", root / "fuzz/regressions/conv-100x100-kernel-over-one-pixel.lmn"]:
+        predicted = runtime.load(path).cost["hardware"]["memory_bytes"]
+        done = subprocess.run([sys.executable, "-c", measure, str(binary), "check", str(path)], capture_output=True, text=True, check=True)
+        peak = int(done.stdout.splitlines()[-1]) * 1024
+        assert peak <= predicted + 2 * baseline_kb * 1024 + path.stat().st_size, (path.name, peak, predicted)

@@ -164,3 +164,23 @@ def test_a_run_stays_within_the_memory_the_reader_predicts():
         done = subprocess.run([sys.executable, "-c", measure, str(binary), "check", str(path)], capture_output=True, text=True, check=True)
         peak = int(done.stdout.splitlines()[-1]) * 1024
         assert peak <= predicted + 2 * baseline_kb * 1024 + path.stat().st_size, (path.name, peak, predicted)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parent.parent / "export/fuzz/regressions").glob("*.lmn")))
+def test_hostile_files_end_in_an_ordinary_error_through_the_runtime(name):
+    """Each file that once broke the runtime is refused (LmnError), or runs
+    in every mode or stops with a ValueError; never a panic or an abort."""
+    path = Path(__file__).resolve().parent.parent / "export/fuzz/regressions" / name
+    try:
+        model = runtime.load(path)
+    except lmn.LmnError as err:
+        assert "compensation" in str(err), err
+        return
+    zeros = [np.zeros(shape, np.int32 if dtype == "i32" else np.float32) for _, dtype, shape in model.inputs]
+    for mode in runtime.MODES:
+        try:
+            outputs = model.run(zeros, mode=mode)
+        except ValueError as err:
+            assert "over the limits" in str(err), err
+            continue
+        assert [o.shape for o in outputs] == [tuple(s) for _, _, s in model.outputs]

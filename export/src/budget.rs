@@ -202,15 +202,7 @@ fn prepared_bytes(graph: &Graph, tensors: &HashMap<String, TensorInfo>) -> Resul
 }
 
 fn usage(graph: &Graph, tensors: &HashMap<String, TensorInfo>, hardware: bool, threads: usize) -> Result<Usage, FormatError> {
-    let mut last_use = vec![usize::MAX; graph.values.len()];
-    for (i, step) in graph.steps.iter().enumerate() {
-        for &v in &step.inputs {
-            last_use[v] = i;
-        }
-    }
-    for &o in &graph.outputs {
-        last_use[o] = usize::MAX;
-    }
+    let last_use = graph.last_use();
     let bytes = |v: usize| mul(&graph.values[v].shape).map(|n| n * 4);
     let prepared = prepared_bytes(graph, tensors)?;
     let mut usage = Usage { memory_bytes: prepared, ..Usage::default() };

@@ -442,6 +442,22 @@ fn arity(op: &str) -> usize {
 }
 
 impl Graph {
+    /// For each value, the index of the last step that reads it
+    /// (`usize::MAX` for graph outputs and values never read): where a run
+    /// may free it.
+    pub fn last_use(&self) -> Vec<usize> {
+        let mut last_use = vec![usize::MAX; self.values.len()];
+        for (i, step) in self.steps.iter().enumerate() {
+            for &v in &step.inputs {
+                last_use[v] = i;
+            }
+        }
+        for &o in &self.outputs {
+            last_use[o] = usize::MAX;
+        }
+        last_use
+    }
+
     /// Validates the graph against the tensor table (FORMAT.md §6).
     pub fn build(def: &GraphDef, tensors: &HashMap<String, TensorInfo>) -> Result<Graph, FormatError> {
         let mut values = Vec::with_capacity(def.values.len());

@@ -248,15 +248,7 @@ impl Runtime {
                 kernels.insert(weight.clone(), photonic::transposed(&model.weights(weight), shape[0], shape[1]));
             }
         }
-        let mut last_use = vec![usize::MAX; model.graph.values.len()];
-        for (i, step) in model.graph.steps.iter().enumerate() {
-            for &v in &step.inputs {
-                last_use[v] = i;
-            }
-        }
-        for &o in &model.graph.outputs {
-            last_use[o] = usize::MAX;
-        }
+        let last_use = model.graph.last_use();
         let programmed = (0..model.graph.steps.len()).map(|_| OnceLock::new()).collect();
         Runtime { model, kernels, winograd: filters, programmed, last_use }
     }

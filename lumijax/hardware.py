@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lumijax import kernels
+
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
 
@@ -281,29 +283,33 @@ def thermal_drift_nm(config: HardwareConfig, delta_temperature_K: ArrayLike) -> 
     return config.thermo_optic_nm_per_K * jnp.asarray(delta_temperature_K)
 
 
-def _apply_per_tile(fn, weight: Array, config: HardwareConfig, ring_detuning_nm) -> Array:
-    """Apply ``fn(block, M)`` to the input axis cut into tiles of N channels.
+def _per_tile(kernel: Array, config: HardwareConfig, ring_detuning_nm, left) -> Array:
+    """Each tile of ``kernel`` ``(in, out)`` multiplied on the left by
+    ``left(size, detuning)`` ``(size, size)``.
 
-    ``block`` has shape ``(out, tiles, n)`` and ``M`` shape ``(n, n)``; full
-    tiles go through in one call, a shorter last tile with its own ``M``.
+    The input axis is cut into tiles of N channels; full tiles (``size =
+    N``) go through in one batched product, a shorter last tile with its
+    own ``size`` and the detuning of the rings it uses (``None`` when
+    ``ring_detuning_nm`` is).
     """
     n = config.num_channels
-    fan_in = weight.shape[-1]
+    fan_in, out = kernel.shape
     full = (fan_in // n) * n
+    detuning = None if ring_detuning_nm is None else jnp.broadcast_to(jnp.asarray(ring_detuning_nm), (n,))
     parts = []
     if full:
-        blocks = weight[..., :full].reshape(*weight.shape[:-1], full // n, n)
-        out = fn(blocks, coupling_matrix(config, ring_detuning_nm, n))
-        parts.append(out.reshape(*weight.shape[:-1], full))
+        tiles = full // n
+        blocks = kernel[:full].reshape(tiles, n, out)
+        # One (N, N)·(N, out) product per tile, as a batched dot (XLA:CPU
+        # runs it as a batch of small GEMMs, without transposing the kernel).
+        lefts = jnp.broadcast_to(left(n, detuning), (tiles, n, n))
+        dtype = jnp.result_type(lefts, blocks)
+        product = jax.lax.dot_general(lefts.astype(dtype), blocks.astype(dtype), (((2,), (1,)), ((0,), (0,))))
+        parts.append(product.reshape(full, out))
     if full < fan_in:
         rest = fan_in - full
-        detuning = None
-        if ring_detuning_nm is not None:
-            detuning = jnp.broadcast_to(jnp.asarray(ring_detuning_nm), (n,))[:rest]
-        blocks = weight[..., full:][..., None, :]
-        out = fn(blocks, coupling_matrix(config, detuning, rest))
-        parts.append(out.reshape(*weight.shape[:-1], rest))
-    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=-1)
+        parts.append(left(rest, None if detuning is None else detuning[:rest]) @ kernel[full:])
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
 
 
 def effective_weights(
@@ -320,9 +326,8 @@ def effective_weights(
       Effective weights, shape ``(out, in)``.
     """
     weight = _check_weight(weight)
-    return _apply_per_tile(
-        lambda w, m: jnp.einsum("...tr,ir->...ti", w, m), weight, config, ring_detuning_nm
-    )
+    coupling = lambda size, detuning: coupling_matrix(config, detuning, size)
+    return _per_tile(weight.T, config, ring_detuning_nm, coupling).T
 
 
 class CrosstalkCompensation(NamedTuple):
@@ -347,7 +352,7 @@ def compensate_crosstalk(
     ring_detuning_nm: ArrayLike | None = None,
     weight_limit: ArrayLike | None = None,
 ) -> CrosstalkCompensation:
-    """Linear crosstalk compensation ``W_prog = W·(Mᵀ)⁻¹``, by a solve.
+    """Linear crosstalk compensation ``W_prog = W·(Mᵀ)⁻¹``.
 
     Args:
       weight: target weights, shape ``(out, in)``.
@@ -361,12 +366,9 @@ def compensate_crosstalk(
     """
     weight = _check_weight(weight)
 
-    def solve(w, m):
-        # w_prog · mᵀ = w  ⇔  m · w_progᵀ = wᵀ, for every (out, tile) row.
-        rows = w.reshape(-1, w.shape[-1])
-        return jnp.linalg.solve(m, rows.T).T.reshape(w.shape)
-
-    unclipped = _apply_per_tile(solve, weight, config, ring_detuning_nm)
+    # w_prog · mᵀ = w  ⇔  w_progᵀ = m⁻¹ · wᵀ, tile by tile.
+    inverse = lambda size, detuning: jnp.linalg.inv(coupling_matrix(config, detuning, size))
+    unclipped = _per_tile(weight.T, config, ring_detuning_nm, inverse).T
     if weight_limit is None:
         weight_limit = jnp.max(jnp.abs(weight), axis=-1, keepdims=True)
     programmed = jnp.clip(unclipped, -weight_limit, weight_limit)
@@ -477,13 +479,75 @@ def effective_bits(
 # The photonic product
 
 
-def _check_weight(weight: ArrayLike) -> Array:
+def _check_weight(weight: ArrayLike, name: str = "weight", axes: str = "(out, in)") -> Array:
     weight = jnp.asarray(weight)
     if weight.ndim != 2:
-        raise ValueError(f"weight must have shape (out, in), got shape {weight.shape}")
+        raise ValueError(f"{name} must have shape {axes}, got shape {weight.shape}")
     if not jnp.issubdtype(weight.dtype, jnp.floating):
-        raise ValueError(f"weight must be a real floating array, got dtype {weight.dtype}")
+        raise ValueError(f"{name} must be a real floating array, got dtype {weight.dtype}")
     return weight
+
+
+class ProgrammedBank(NamedTuple):
+    """The weights of one product as the hardware holds them.
+
+    Attributes:
+      effective: the weights the product applies, ``W_effᵀ``, ``(in, out)``.
+      full_scale: the largest programmed ``|w|`` of each output, ``(out,)``,
+        the full scale the detector noise refers to.
+    """
+
+    effective: Array
+    full_scale: Array
+
+
+def program_bank(
+    kernel: ArrayLike,
+    config: HardwareConfig,
+    *,
+    ring_detuning_nm: ArrayLike | None = None,
+    compensate: bool = False,
+) -> ProgrammedBank:
+    """Programs ``W`` into the ring banks, given as its transpose ``kernel``
+    ``(in, out)`` (the layout of ``nnx.Linear``'s kernel: the products read
+    it without a transpose).
+
+    Without compensation the rings hold ``W`` and apply ``W·M_dᵀ`` per tile
+    (``M_d`` the coupling with the rings' detuning). With it they hold
+    ``W·(M₀ᵀ)⁻¹`` (``M₀`` the coupling it assumes, without detuning),
+    unclipped, and apply ``W·(M₀ᵀ)⁻¹·M_dᵀ``: exactly ``W`` while the rings
+    stay on the grid (``ring_detuning_nm=None``). Each tile's matrix is one
+    small ``(N, N)`` product, so the weights pass through one batched
+    product per tile size.
+    """
+    kernel = _check_weight(kernel, "kernel", "(in, out)")
+    coupling = lambda size, detuning: coupling_matrix(config, detuning, size)
+    if not compensate:
+        return ProgrammedBank(_per_tile(kernel, config, ring_detuning_nm, coupling), jnp.max(jnp.abs(kernel), axis=0))
+    inverse = lambda size, _: jnp.linalg.inv(coupling(size, None))
+    programmed = _per_tile(kernel, config, None, inverse)
+    if ring_detuning_nm is None:
+        effective = kernel
+    else:
+        transfer = lambda size, detuning: coupling(size, detuning) @ inverse(size, None)
+        effective = _per_tile(kernel, config, ring_detuning_nm, transfer)
+    return ProgrammedBank(effective, jnp.max(jnp.abs(programmed), axis=0))
+
+
+def detector_noise_std(
+    config: HardwareConfig, fan_in: int, input_full_scale: ArrayLike, weight_full_scale: ArrayLike
+) -> Array:
+    """Standard deviation of the detector noise of each output,
+    ``σ = √(tiles/SNR)·x_fs·w_fs``, in the units of the product.
+
+    ``SNR`` counts shot, thermal and RIN noise (crosstalk is applied to the
+    weights explicitly), ``tiles = ⌈fan_in/N⌉`` the detector reads one output
+    sums, ``x_fs`` the input full scale and ``w_fs`` the programmed full scale
+    of the output's row (shape ``(out,)``, or a scalar).
+    """
+    tiles = -(-fan_in // config.num_channels)
+    detector_snr = snr(config, include_crosstalk=False)
+    return jnp.sqrt(tiles / detector_snr) * input_full_scale * weight_full_scale
 
 
 def photonic_matmul(
@@ -500,13 +564,10 @@ def photonic_matmul(
 
     Modes: with ``config=None`` the hardware is ideal and the result is
     exactly ``x·Wᵀ``; with a config and no key it is deterministic (coupling
-    only); with a key, detector noise ``n ~ N(0, σ²)`` is added with
-    ``σ² = tiles·(x_fs·w_fs)² / SNR`` per output, where SNR counts shot,
-    thermal and RIN noise (the crosstalk is applied explicitly), ``x_fs`` is
-    the input full scale, ``w_fs`` the largest programmed ``|w|`` of the
-    output's row and ``tiles`` the number of detector reads the input axis
-    needs. The noise is
-    reparameterised (``σ·ε``), so gradients flow through it.
+    only, :func:`program_bank`); with a key, detector noise ``n ~ N(0, σ²)``
+    is added with :func:`detector_noise_std` per output, its draws from
+    :func:`lumijax.kernels.standard_normal`. The noise is reparameterised
+    (``σ·ε``), so gradients flow through it.
 
     Args:
       x: inputs, shape ``(..., in)``, real floating.
@@ -515,9 +576,8 @@ def photonic_matmul(
       key: PRNG key for the detector noise, or None for none.
       ring_detuning_nm: per-ring offset from the grid (nm), shape ``(N,)``.
       compensate: program ``W·(Mᵀ)⁻¹`` (assuming no detuning) instead of
-        ``W``. Each row is scaled to the rings' range after compensation, so
-        the noise refers to the programmed full scale: compensation costs SNR
-        by the headroom it needs.
+        ``W``. The noise refers to the programmed full scale: compensation
+        costs SNR by the headroom it needs.
       input_full_scale: DAC full scale of ``x``; default ``max|x|``.
 
     Returns:
@@ -534,17 +594,11 @@ def photonic_matmul(
         raise ValueError(f"x must be a real floating array, got dtype {x.dtype}")
     if config is None:
         return jnp.matmul(x, weight.T)
-    programmed = weight
-    if compensate:
-        programmed = compensate_crosstalk(weight, config, weight_limit=jnp.inf).programmed
-    y = jnp.matmul(x, effective_weights(programmed, config, ring_detuning_nm).T)
+    bank = program_bank(weight.T, config, ring_detuning_nm=ring_detuning_nm, compensate=compensate)
+    y = jnp.matmul(x, bank.effective)
     if key is None:
         return y
     if input_full_scale is None:
         input_full_scale = jnp.max(jnp.abs(x))
-    weight_full_scale = jnp.max(jnp.abs(programmed), axis=-1)
-    tiles = -(-weight.shape[1] // config.num_channels)
-    # Crosstalk is already in W_eff: the noise is shot, thermal and RIN only.
-    detector_snr = snr(config, include_crosstalk=False)
-    sigma = jnp.sqrt(tiles / detector_snr) * input_full_scale * weight_full_scale
-    return y + sigma * jax.random.normal(key, y.shape, y.dtype)
+    sigma = detector_noise_std(config, weight.shape[1], input_full_scale, bank.full_scale)
+    return y + sigma * kernels.standard_normal(key, y.shape, y.dtype)

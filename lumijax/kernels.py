@@ -457,3 +457,37 @@ def quantized_matmul(
     static = (("packed", bool(packed)), ("w_bits", int(w_bits)), ("x_bits", int(x_bits)), ("x_zero_point", int(x_zero_point)))
     y = _quantized(x, w, jnp.asarray(x_scale, jnp.float32), w_scale, w_zero_point, static)
     return y.reshape(*lead, n)
+
+
+# ---------------------------------------------------------------------------
+# Detector noise
+
+
+def _standard_normal_call(words: Array, shape: tuple[int, ...], dtype) -> Array:
+    call = jax.ffi.ffi_call(
+        "lumijax_standard_normal", jax.ShapeDtypeStruct(words.shape[:-1] + shape, dtype), vmap_method="broadcast_all"
+    )
+    return call(words)
+
+
+def standard_normal(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Array:
+    """Independent ``N(0, 1)`` draws of ``shape`` (float32 or float64) from
+    a typed PRNG ``key``.
+
+    On CPU the native counter-based sampler draws them (ChaCha8 streams
+    seeded by two words drawn from ``key``, ziggurat normals, all cores);
+    elsewhere, or with ``LUMIJAX_NATIVE=0``, ``jax.random.normal``. Either is
+    reproducible from the key, but the two give different draws. The draws
+    are constants for differentiation.
+    """
+    dtype = jnp.dtype(dtype)
+    if dtype not in (jnp.float32, jnp.float64):
+        raise TypeError(f"standard_normal draws float32 or float64, got {dtype}")
+    shape = tuple(int(s) for s in shape)
+    words = jax.random.bits(key, (2,), jnp.uint32)
+    return jax.lax.stop_gradient(_dispatch(
+        lambda w, k: _standard_normal_call(w, shape, dtype),
+        lambda w, k: jax.random.normal(k, shape, dtype),
+        words,
+        key,
+    ))

@@ -18,6 +18,7 @@ ReLU, or images in [0, 1]) drives its modulator with unsigned codes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Literal
 
@@ -28,6 +29,7 @@ from flax import nnx
 
 from lumijax import hardware as hw
 from lumijax import kernels, quant
+from lumijax.conv import Conv2D
 
 Array = jax.Array
 Mode = Literal["ideal", "expected", "noisy"]
@@ -96,52 +98,80 @@ class PhotonicCore(nnx.Module):
         return self.hardware.replace(channel_spacing_nm=self.channel_spacing_nm[...])
 
     @staticmethod
-    def _full_scale(x: Array, state: quant.RangeState) -> Array:
+    def _full_scale(parts: Sequence[Array], state: quant.RangeState) -> Array:
         """The converter range: tracked once observed, else this batch's
-        ``max|x|`` over its finite entries (an infinite input saturates the
-        converter; it does not set its range)."""
-        finite = jnp.where(jnp.isfinite(x), jnp.abs(x), 0.0)
-        return jnp.where(state.count > 0, state.range, jax.lax.stop_gradient(jnp.max(finite)))
+        ``max|x|`` over the finite entries of ``parts`` (an infinite input
+        saturates the converter; it does not set its range)."""
+        batch = functools.reduce(jnp.maximum, [jnp.max(jnp.where(jnp.isfinite(p), jnp.abs(p), 0.0)) for p in parts])
+        return jnp.where(state.count > 0, state.range, jax.lax.stop_gradient(batch))
 
     @staticmethod
-    def _input_signed(x: Array, state: quant.RangeState) -> Array:
+    def _input_signed(parts: Sequence[Array], state: quant.RangeState) -> Array:
         """Whether the DAC needs signed codes: a negative input was observed
-        (else, before any observation, this batch holds one)."""
-        return jnp.where(state.count > 0, state.signed, jax.lax.stop_gradient(jnp.min(x)) < 0)
+        (else, before any observation, one of ``parts`` holds one)."""
+        batch = functools.reduce(jnp.minimum, [jnp.min(p) for p in parts])
+        return jnp.where(state.count > 0, state.signed, jax.lax.stop_gradient(batch) < 0)
 
-    def product(self, x: Array, w: Array, *, observe: bool = False, key: Array | None = None) -> Array:
-        """``x·Wᵀ`` on the core; ``w`` ``(out, in)`` already weight-quantized.
+    def product(
+        self,
+        x: Array,
+        w: Array,
+        *,
+        observe: bool = False,
+        key: Array | None = None,
+        lowering: Conv2D | None = None,
+        slot_order: Sequence[int] | None = None,
+    ) -> Array:
+        """``x·W`` on the core; ``w`` ``(in, out)`` already weight-quantized
+        (the transpose of the bank's ``(out, in)`` matrix, the layout of
+        ``nnx.Linear``'s kernel).
 
         The DAC is unsigned (``2^b − 1`` levels over ``[0, range]``) for
         inputs that are never negative, such as those after a ReLU, and
         signed otherwise; the ADC after the balanced detectors is signed.
 
         Args:
-          x: ``(..., in)``.
-          w: ``(out, in)``, the programmed (quantized) weights.
+          x: ``(..., in)``; with a ``lowering``, images ``(N, H, W, C)``
+            whose patches (``(N, H', W', in)``) the DACs convert.
+          w: ``(in, out)``, the programmed (quantized) weights.
           observe: update the DAC and ADC range trackers with this batch.
           key: noise key for ``"noisy"`` mode; default, the next key of the
             ``noise`` stream (pass keys explicitly inside ``jax.vmap``).
+          lowering: the convolution whose patch matrix is the input.
+          slot_order: input ``slot_order[s]`` rides on wavelength slot ``s``
+            (default the identity): the product is the same, the crosstalk
+            follows the slots.
         """
         if self.mode == "ideal":
-            return jnp.matmul(x, w.T)
+            return jnp.matmul(x, w) if lowering is None else lowering(x, w)
+        contract = jnp.matmul if lowering is None else functools.partial(lowering, exact=True)
         config = self.config()
+        parts = [x] if lowering is None else lowering.tap_slices(x)
         if observe:
-            self.input_range.set_value(self.estimator.update(self.input_range.get_value(), x))
+            stream = x if lowering is None else lowering.patches(x)
+            self.input_range.set_value(self.estimator.update(self.input_range.get_value(), stream))
         input_state = self.input_range.get_value()
-        full_scale = self._full_scale(x, input_state)
-        x_q = quant.fake_convert(x, full_scale, self.input_bits, self._input_signed(x, input_state))
-        detuning = hw.thermal_drift_nm(config, jnp.broadcast_to(jnp.asarray(self.drift_K, jnp.float32), (config.num_channels,)))
-        if self.mode != "noisy":
-            key = None
-        elif key is None:
-            key = self.rngs.noise()
-        y = hw.photonic_matmul(
-            x_q, w, config, key, ring_detuning_nm=detuning, compensate=self.compensate, input_full_scale=full_scale
-        )
+        full_scale = self._full_scale(parts, input_state)
+        x_q = quant.fake_convert(x, full_scale, self.input_bits, self._input_signed(parts, input_state))
+        detuning = None
+        if not (isinstance(self.drift_K, (int, float)) and self.drift_K == 0):
+            drift = jnp.broadcast_to(jnp.asarray(self.drift_K, jnp.float32), (config.num_channels,))
+            detuning = hw.thermal_drift_nm(config, drift)
+        if slot_order is None:
+            bank = hw.program_bank(w, config, ring_detuning_nm=detuning, compensate=self.compensate)
+            effective = bank.effective
+        else:
+            order = np.asarray(slot_order)
+            bank = hw.program_bank(jnp.take(w, order, axis=0), config, ring_detuning_nm=detuning, compensate=self.compensate)
+            effective = jnp.take(bank.effective, np.argsort(order), axis=0)
+        y = contract(x_q, effective)
+        if self.mode == "noisy":
+            key = self.rngs.noise() if key is None else key
+            sigma = hw.detector_noise_std(config, w.shape[0], full_scale, bank.full_scale)
+            y = y + sigma * kernels.standard_normal(key, y.shape, y.dtype)
         if observe:
             self.output_range.set_value(self.estimator.update(self.output_range.get_value(), y))
-        return quant.fake_convert(y, self._full_scale(y, self.output_range.get_value()), self.output_bits)
+        return quant.fake_convert(y, self._full_scale([y], self.output_range.get_value()), self.output_bits)
 
     def pairwise(self, a: Array, b: Array) -> Array:
         """``a·bᵀ`` over the last two axes, batched over the leading ones,
@@ -157,9 +187,9 @@ class PhotonicCore(nnx.Module):
         flat_a, flat_b = a.reshape((-1,) + a.shape[-2:]), b.reshape((-1,) + b.shape[-2:])
         if self.mode == "noisy":
             keys = jax.random.split(self.rngs.noise(), flat_a.shape[0])
-            y = jax.vmap(lambda a, b, key: self.product(a, b, key=key))(flat_a, flat_b, keys)
+            y = jax.vmap(lambda a, b, key: self.product(a, b.T, key=key))(flat_a, flat_b, keys)
         else:
-            y = jax.vmap(self.product)(flat_a, flat_b)
+            y = jax.vmap(lambda a, b: self.product(a, b.T))(flat_a, flat_b)
         return y.reshape(lead + y.shape[-2:])
 
 
@@ -245,16 +275,20 @@ class QuantizedWeights(nnx.Module):
         self.set_scale(self._minmax_scale(self.weight_matrix()))
 
     def quantized(self, w: Array) -> Array:
-        return quant.lsq_quant(w, self.scale(), self.weight_bits)
+        """The weights ``w`` ``(out, in)`` on the codes of the current scales."""
+        return self.quantized_kernel(w.T).T
 
-    def _on_core(self, x: Array, w: Array, observe: bool) -> Array:
-        """``x·Wᵀ`` on the core with the inputs in their planned slots
-        (``slot_order``, set by :meth:`lumijax.wdm.WDMMap.apply`): the
-        product is the same, the crosstalk follows the slots."""
-        if self.slot_order is not None:
-            index = jnp.asarray(self.slot_order)
-            x, w = jnp.take(x, index, axis=-1), jnp.take(w, index, axis=-1)
-        return self.core.product(x, self.quantized(w), observe=observe)
+    def quantized_kernel(self, kernel: Array) -> Array:
+        """The weights ``kernel`` ``(in, out)`` (the transposed matrix) on
+        the codes of the current scales."""
+        return quant.lsq_quant(kernel, self.scale().T, self.weight_bits)
+
+    def _on_core(self, x: Array, kernel: Array, observe: bool, lowering: Conv2D | None = None) -> Array:
+        """``x·W`` on the core, ``kernel`` ``(in, out)``, with the inputs in
+        their planned slots (``slot_order``, set by
+        :meth:`lumijax.wdm.WDMMap.apply`)."""
+        return self.core.product(x, self.quantized_kernel(kernel), observe=observe, lowering=lowering,
+                                 slot_order=self.slot_order)
 
     def weight_matrix(self) -> Array:
         """The weights as the core holds them, ``(out, in)``."""
@@ -307,7 +341,7 @@ class OpticalLinear(QuantizedWeights):
         if self.core.mode == "ideal":
             y = jnp.matmul(x, self.kernel[...])
         else:
-            y = self._on_core(x, self.weight_matrix(), observe)
+            y = self._on_core(x, self.kernel[...], observe)
         return y + self.bias[...] if self.bias is not None else y
 
     def weight_matrix(self) -> Array:
@@ -328,7 +362,7 @@ class TiedOpticalLinear(QuantizedWeights):
     def __call__(self, x: Array, *, observe: bool = False) -> Array:
         if self.core.mode == "ideal":
             return jnp.matmul(x, self.weight_matrix().T)
-        return self._on_core(x, self.weight_matrix(), observe)
+        return self._on_core(x, self.weight_matrix().T, observe)
 
     def weight_matrix(self) -> Array:
         return self.embedding.embedding[...]
@@ -340,7 +374,10 @@ class OpticalConv(QuantizedWeights):
     Each output pixel is a dot product over a ``(kh, kw, C_in)`` patch with
     the input-channel axis on the wavelengths (adjacent channels of one tap
     are adjacent carriers). Parameters match ``nnx.Conv``: ``kernel``
-    ``(kh, kw, C_in, C_out)``, ``bias`` ``(C_out,)``.
+    ``(kh, kw, C_in, C_out)``, ``bias`` ``(C_out,)``; ``padding`` is
+    ``"SAME"``, ``"VALID"`` or explicit zero padding (see
+    :class:`~lumijax.conv.Conv2D`, which lowers every product, ideal or
+    not, to XLA per shape).
     """
 
     def __init__(
@@ -357,32 +394,30 @@ class OpticalConv(QuantizedWeights):
         rngs: nnx.Rngs,
     ):
         _check_features(in_features, out_features)
-        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)
-        self.strides = pair(strides)
-        self.conv = nnx.Conv(in_features, out_features, pair(kernel_size), self.strides, padding=padding, use_bias=use_bias, rngs=rngs)
+        self.geometry = Conv2D(kernel_size, strides, padding)
+        self.strides = self.geometry.strides
+        self.conv = nnx.Conv(in_features, out_features, self.geometry.kernel_size, self.strides, padding=padding,
+                             use_bias=use_bias, rngs=rngs)
         self.core = core or PhotonicCore(rngs=rngs)
         self._init_scales(self.weight_matrix(), weight_bits)
 
-    @staticmethod
-    def _matrix(kernel: Array) -> Array:
-        kh, kw, cin, cout = kernel.shape
-        return kernel.reshape(kh * kw * cin, cout).T  # (out, kh·kw·C_in), C_in fastest
+    def _kernel_matrix(self) -> Array:
+        """The kernel as ``(kh·kw·C_in, C_out)`` (patch order, ``C_in``
+        fastest): a reshape, no copy."""
+        kernel = self.conv.kernel[...]
+        return kernel.reshape(-1, kernel.shape[-1])
 
     def __call__(self, x: Array, *, observe: bool = False) -> Array:
+        """``x`` ``(N, H, W, C_in)`` → ``(N, H', W', C_out)``."""
         if self.core.mode == "ideal":
-            return self.conv(x)
-        kh, kw, cin, _ = self.conv.kernel[...].shape
-        patches = jax.lax.conv_general_dilated_patches(
-            x, (kh, kw), self.strides, self.conv.padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
-        )  # (N, H', W', C_in·kh·kw), C_in slowest
-        n, ho, wo, _ = patches.shape
-        patches = patches.reshape(n, ho, wo, cin, kh * kw).swapaxes(-1, -2).reshape(n, ho, wo, -1)
-        y = self._on_core(patches, self.weight_matrix(), observe)
+            y = self.geometry(x, self._kernel_matrix())
+        else:
+            y = self._on_core(x, self._kernel_matrix(), observe, lowering=self.geometry)
         return y + self.conv.bias[...] if self.conv.bias is not None else y
 
     def weight_matrix(self) -> Array:
         """The weights as the core holds them, ``(out, kh·kw·C_in)``."""
-        return self._matrix(self.conv.kernel[...])
+        return self._kernel_matrix().T
 
 
 class ComplexOpticalLinear(nnx.Module):

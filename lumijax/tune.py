@@ -305,6 +305,26 @@ def _place(mesh: Mesh | None, *objects: nnx.Object) -> Callable[[np.ndarray], An
     return lambda x: jax.device_put(x, batch)
 
 
+def step_function(loss_fn: Callable, prepare: Callable | None = None) -> Callable:
+    """The jitted optimizer step of tuning, ``step(module, opt, teacher, x,
+    y, key) → (loss, task loss, accuracy)``: ``prepare(teacher, x, y, key)``
+    (default: none) turns the batch into the inputs and targets of
+    ``loss_fn(module, x, targets) → (loss, (task loss, accuracy))``, whose
+    gradient with respect to :data:`WEIGHTS_AND_SCALES` the optimizer
+    ``opt`` (an ``nnx.Optimizer`` of ``module``) applies in place."""
+
+    @nnx.jit
+    def step(module, opt, teacher, x, y, key):
+        if prepare is not None:
+            x, y = prepare(teacher, x, y, key)
+        grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, WEIGHTS_AND_SCALES), has_aux=True)
+        (loss, (task, accuracy)), grads = grad_fn(module, x, y)
+        opt.update(module, grads)
+        return loss, task, accuracy
+
+    return step
+
+
 def _train(module: nnx.Module, loss_fn: Callable, data: Data, optimizer: optax.GradientTransformation, steps: int,
            batch_size: int, mesh: Mesh | None, seed: int, progress: bool, description: str,
            after_step: Callable[[nnx.Module, History], None] | None = None,
@@ -319,16 +339,7 @@ def _train(module: nnx.Module, loss_fn: Callable, data: Data, optimizer: optax.G
     module.eval()  # batch norms on their running statistics
     opt = nnx.Optimizer(module, optimizer, wrt=WEIGHTS_AND_SCALES)
     place = _place(mesh, module, opt, *([] if teacher is None else [teacher]))
-
-    @nnx.jit
-    def step(module, opt, teacher, x, y, key):
-        if prepare is not None:
-            x, y = prepare(teacher, x, y, key)
-        grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, WEIGHTS_AND_SCALES), has_aux=True)
-        (loss, (task, accuracy)), grads = grad_fn(module, x, y)
-        opt.update(module, grads)
-        return loss, task, accuracy
-
+    step = step_function(loss_fn, prepare)
     history = History()
     keys = jax.random.split(jax.random.key(seed), steps)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

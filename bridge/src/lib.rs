@@ -42,6 +42,7 @@ const HANDLERS: &[(&str, XLA_FFI_Handler)] = &[
     ("lumijax_causal_softmax", handlers::lumijax_causal_softmax),
     ("lumijax_causal_softmax_bwd", handlers::lumijax_causal_softmax_bwd),
     ("lumijax_quantized_matmul", handlers::lumijax_quantized_matmul),
+    ("lumijax_standard_normal", handlers::lumijax_standard_normal),
 ];
 
 /// The XLA FFI handlers, as a dict of target name to PyCapsule.

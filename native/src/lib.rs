@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod error;
 pub mod ffi;
 pub mod gemm;
+pub mod noise;
 pub mod quant;
 pub mod softmax;
 pub mod vmath;

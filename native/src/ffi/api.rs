@@ -29,6 +29,7 @@ pub mod dtype {
     pub const S32: i32 = 4;
     pub const S64: i32 = 5;
     pub const U8: i32 = 6;
+    pub const U32: i32 = 8;
     pub const F32: i32 = 11;
     pub const F64: i32 = 12;
     pub const C64: i32 = 15;

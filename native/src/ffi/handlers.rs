@@ -7,6 +7,7 @@ use super::api::{dtype, XLA_FFI_CallFrame, XLA_FFI_Error};
 use super::{dispatch, dtype_name, Buffer, Call};
 use crate::error::{checked_product, KernelError};
 use crate::gemm::{batched_matmul, split_matrix_shape, Element, MatmulShape, Op};
+use crate::noise::standard_normal_per_seed;
 use crate::quant::{quantized_matmul, quantized_matmul_complex, unpack_int4, Activations, Weights};
 use crate::softmax::{causal_softmax_backward, causal_softmax_forward, CausalShape};
 
@@ -238,4 +239,44 @@ fn quantized(call: &Call<'_>) -> Result<(), KernelError> {
 #[no_mangle]
 pub unsafe extern "C" fn lumijax_quantized_matmul(frame: *mut XLA_FFI_CallFrame) -> *mut XLA_FFI_Error {
     dispatch(frame, quantized)
+}
+
+fn noise(call: &Call<'_>) -> Result<(), KernelError> {
+    let (keys, out) = (call.arg(0)?, call.ret(0)?);
+    keys.expect_dtype(dtype::U32, "uint32 key data")?;
+    let key_shape = keys.shape()?;
+    let out_shape = out.shape()?;
+    let batch = key_shape.len().checked_sub(1).filter(|_| key_shape.last() == Some(&2)).ok_or_else(|| {
+        KernelError::Shape(format!("keys must be (…, 2) uint32 key data, got shape {key_shape:?}"))
+    })?;
+    if out_shape.len() < batch || out_shape[..batch] != key_shape[..batch] {
+        return Err(KernelError::Shape(format!(
+            "the draws {out_shape:?} must lead with the keys' batch axes {:?}",
+            &key_shape[..batch]
+        )));
+    }
+    // SAFETY: uint32 checked above; XLA owns the buffers for the call.
+    let words = unsafe { keys.as_slice::<u32>()? };
+    let seeds: Vec<u64> = words.chunks_exact(2).map(|k| (u64::from(k[0]) << 32) | u64::from(k[1])).collect();
+    match out.dtype {
+        // SAFETY: the dtype was matched; the result aliases no argument.
+        dtype::F32 => standard_normal_per_seed(&seeds, unsafe { out.as_mut_slice::<f32>()? }),
+        dtype::F64 => standard_normal_per_seed(&seeds, unsafe { out.as_mut_slice::<f64>()? }),
+        other => {
+            return Err(KernelError::Dtype(format!("noise is float32 or float64, got {}", dtype_name(other))))
+        }
+    }
+    Ok(())
+}
+
+/// `lumijax_standard_normal`: independent `N(0, 1)` draws, float32 or
+/// float64, from uint32 key data `(…, 2)`: the result's leading axes are
+/// the keys' batch axes, and each key fills its part (see
+/// [`crate::noise::standard_normal`]).
+///
+/// # Safety
+/// Called by XLA with a valid call frame.
+#[no_mangle]
+pub unsafe extern "C" fn lumijax_standard_normal(frame: *mut XLA_FFI_CallFrame) -> *mut XLA_FFI_Error {
+    dispatch(frame, noise)
 }

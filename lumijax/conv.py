@@ -1,0 +1,173 @@
+"""2-D convolution (NHWC) as a matrix product, lowered per shape.
+
+A convolution multiplies every output pixel's receptive field, a patch of
+``(kh, kw, C_in)`` inputs, by the same ``(kh·kw·C_in, C_out)`` kernel: the
+product a photonic core computes, with the input channels of one tap on
+adjacent wavelengths. :class:`Conv2D` holds the geometry and lowers that
+product to XLA in one of two ways, chosen from the shapes alone (so the
+choice is static under ``jit``):
+
+* ``"patches"``: the explicit patch matrix (zero padding, one strided slice
+  per tap, concatenated along the channels; a slice alone for 1×1), times
+  the kernel in one ``dot_general``;
+* ``"xla"``: ``lax.conv_general_dilated``.
+
+XLA:CPU's convolution is slow on small images (a few output pixels per
+image, or a stride over a small image), where the patch matrix is small and
+one matrix product is fast; on large images the patch matrix is many times
+the input and its copies cost more than the convolution. Both compute the
+same sums (up to float rounding), and both have gradients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Lowering = Literal["patches", "xla"]
+PaddingLike = str | int | Sequence[int] | Sequence[tuple[int, int]]
+
+#: Output pixels per image up to which the patch matrix is used.
+SMALL_IMAGE_PIXELS = 16
+#: Input channels (of all taps) up to which the patch matrix is used on any
+#: image: a short contraction keeps XLA's convolution from vectorising.
+SHORT_CONTRACTION = 32
+#: The largest patch matrix built (elements); larger ones cost more to copy
+#: than XLA's convolution takes.
+MAX_PATCH_ELEMENTS = 1 << 23
+
+
+def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair):
+        raise ValueError(f"{name} = {value!r}: need one integer ≥ 1 or two")
+    return pair
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv2D:
+    """The geometry of a 2-D convolution over NHWC images.
+
+    Attributes:
+      kernel_size: ``(kh, kw)`` taps.
+      strides: ``(sh, sw)`` pixels.
+      padding: ``"SAME"`` or ``"VALID"`` (resolved for each input size as
+        ``lax.conv_general_dilated`` does), or explicit zero padding
+        ``((top, bottom), (left, right))`` pixels, or one count for all four
+        sides.
+      lowering: ``"patches"`` or ``"xla"`` for every input; default
+        (``None``) chosen for each input shape by :meth:`lowering_for`.
+    """
+
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: str | tuple[tuple[int, int], tuple[int, int]] = "SAME"
+    lowering: Lowering | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kernel_size", _pair(self.kernel_size, "kernel_size"))
+        object.__setattr__(self, "strides", _pair(self.strides, "strides"))
+        object.__setattr__(self, "padding", _normalize_padding(self.padding))
+        if self.lowering not in (None, "patches", "xla"):
+            raise ValueError(f"lowering = {self.lowering!r}: use 'patches', 'xla' or None (chosen per shape)")
+
+    @property
+    def taps(self) -> int:
+        return self.kernel_size[0] * self.kernel_size[1]
+
+    def pads(self, input_hw: Sequence[int]) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Explicit ``((top, bottom), (left, right))`` padding for an input
+        of ``input_hw`` pixels."""
+        if isinstance(self.padding, str):
+            pads = jax.lax.padtype_to_pads(tuple(input_hw), self.kernel_size, self.strides, self.padding)
+            return tuple(tuple(int(p) for p in pair) for pair in pads)
+        return self.padding
+
+    def output_hw(self, input_hw: Sequence[int]) -> tuple[int, int]:
+        """Output pixels ``(H', W')`` for an input of ``input_hw`` pixels."""
+        out = []
+        for size, k, s, (lo, hi) in zip(input_hw, self.kernel_size, self.strides, self.pads(input_hw)):
+            span = size + lo + hi - k
+            if span < 0:
+                raise ValueError(f"a {tuple(input_hw)} image padded by {self.pads(input_hw)} is smaller than "
+                                 f"the {self.kernel_size} kernel")
+            out.append(span // s + 1)
+        return tuple(out)
+
+    def lowering_for(self, input_shape: Sequence[int], *, exact: bool = False) -> Lowering:
+        """How the product is lowered for an input ``(N, H, W, C_in)``: the
+        fixed ``lowering``, else the patch matrix when it stays within
+        :data:`MAX_PATCH_ELEMENTS` and either the output image is small, the
+        contraction short, or ``exact`` asks for the sums of one matrix
+        product over the patches (as the runtime computes them: a converter
+        after the product can round XLA's differently ordered sums to
+        another code)."""
+        if self.lowering is not None:
+            return self.lowering
+        n, h, w, c = input_shape
+        ho, wo = self.output_hw((h, w))
+        patch_elements = n * ho * wo * self.taps * c
+        small = exact or ho * wo <= SMALL_IMAGE_PIXELS or self.taps * c <= SHORT_CONTRACTION
+        return "patches" if small and patch_elements <= MAX_PATCH_ELEMENTS else "xla"
+
+    def tap_slices(self, x: Array) -> list[Array]:
+        """What each tap reads of ``x`` ``(N, H, W, C)``: ``kh·kw`` arrays
+        ``(N, H', W', C)`` in row-major tap order, zeros where a tap falls
+        on the padding."""
+        _check_image(x)
+        (top, bottom), (left, right) = self.pads(x.shape[1:3])
+        ho, wo = self.output_hw(x.shape[1:3])
+        x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+        (sh, sw), (kh, kw) = self.strides, self.kernel_size
+        n, _, _, c = x.shape
+        return [
+            jax.lax.slice(x, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
+            for i in range(kh) for j in range(kw)
+        ]
+
+    def patches(self, x: Array) -> Array:
+        """The patch matrix of ``x`` ``(N, H, W, C)``: ``(N, H', W',
+        kh·kw·C)``, the :meth:`tap_slices` side by side (``C`` fastest
+        within a tap)."""
+        columns = self.tap_slices(x)
+        return columns[0] if len(columns) == 1 else jnp.concatenate(columns, axis=-1)
+
+    def __call__(self, x: Array, kernel: Array, *, exact: bool = False) -> Array:
+        """The convolution of ``x`` ``(N, H, W, C_in)`` with ``kernel``
+        ``(kh·kw·C_in, C_out)`` (patch order, the ``(kh, kw, C_in, C_out)``
+        kernel flattened): ``(N, H', W', C_out)``; ``exact`` as for
+        :meth:`lowering_for`."""
+        _check_image(x)
+        if kernel.ndim != 2 or kernel.shape[0] != self.taps * x.shape[-1]:
+            raise ValueError(f"a {self.kernel_size} convolution of {x.shape[-1]} channels takes a kernel "
+                             f"({self.taps * x.shape[-1]}, out), got shape {kernel.shape}")
+        if self.lowering_for(x.shape, exact=exact) == "patches":
+            return jnp.matmul(self.patches(x), kernel)
+        return jax.lax.conv_general_dilated(x, kernel.reshape(*self.kernel_size, x.shape[-1], -1), self.strides,
+                                            self.pads(x.shape[1:3]), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def _check_image(x: Array) -> None:
+    if x.ndim != 4:
+        raise ValueError(f"a 2-D convolution takes NHWC images (4 axes), got shape {x.shape}")
+
+
+def _normalize_padding(padding: PaddingLike) -> str | tuple[tuple[int, int], tuple[int, int]]:
+    if isinstance(padding, str):
+        if padding.upper() not in ("SAME", "VALID"):
+            raise ValueError(f"padding = {padding!r}: use 'SAME', 'VALID' or explicit zero padding")
+        return padding.upper()
+    if isinstance(padding, int) and not isinstance(padding, bool):
+        pairs = ((padding, padding), (padding, padding))
+    else:
+        items = tuple(padding)
+        pairs = tuple((p, p) if isinstance(p, int) else tuple(p) for p in items)
+    if len(pairs) != 2 or any(len(p) != 2 for p in pairs) or any(
+            isinstance(v, bool) or not isinstance(v, int) or v < 0 for p in pairs for v in p):
+        raise ValueError(f"padding = {padding!r}: need 'SAME', 'VALID', a count ≥ 0 or two (low, high) pairs")
+    return tuple(tuple(int(v) for v in p) for p in pairs)

@@ -291,14 +291,24 @@ def batches(data: Data, batch_size: int, seed: int = 0) -> Iterator[tuple[np.nda
             yield inputs[index], targets[index]
 
 
+def _replicate(x: Any, sharding: NamedSharding) -> Array:
+    """``x`` (the same value in every process) on every device of
+    ``sharding``'s mesh, whose devices may belong to other processes."""
+    if jax.process_count() == 1:
+        return jax.device_put(x, sharding)
+    if jnp.issubdtype(jnp.asarray(x).dtype, jax.dtypes.prng_key):  # keys travel as their words
+        return jax.random.wrap_key_data(_replicate(jax.random.key_data(x), sharding), impl=jax.random.key_impl(x))
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+
+
 def _place(mesh: Mesh | None, *objects: nnx.Object) -> Callable[[np.ndarray], Any]:
     """Replicates the state of ``objects`` (model, optimizer, teacher) over
     ``mesh`` and returns how to place a batch (split along the mesh's first
     axis); without a mesh, batches stay as given."""
     if mesh is None:
         return jnp.asarray
-    state = nnx.state(objects)
-    nnx.update(objects, jax.device_put(state, NamedSharding(mesh, PartitionSpec())))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    nnx.update(objects, jax.tree.map(lambda x: _replicate(x, replicated), nnx.state(objects)))
     batch = NamedSharding(mesh, PartitionSpec(mesh.axis_names[0]))
     if jax.process_count() > 1:  # each process feeds its own share of the global batch
         return lambda x: jax.make_array_from_process_local_data(batch, x)

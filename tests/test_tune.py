@@ -296,3 +296,37 @@ def test_a_sharded_step_equals_the_single_device_step():
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) < 1e-5
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_tune_as_one_process_on_four_devices(tmp_path):
+    """``finetune`` on a 4-device mesh: two processes of two host devices
+    joined by ``jax.distributed`` end with the parameters one process of
+    four devices ends with."""
+    worker = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("XLA_FLAGS", None)
+    port = _free_port()
+    runs = [subprocess.Popen([sys.executable, worker, str(tmp_path / "two.npz"), "--processes", "2", "--process-id",
+                              str(i), "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for i in range(2)]
+    single = subprocess.run([sys.executable, worker, str(tmp_path / "one.npz"), "--processes", "1"], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert single.returncode == 0, single.stderr[-3000:]
+    for run in runs:
+        _, stderr = run.communicate(timeout=600)
+        assert run.returncode == 0, stderr[-3000:]
+    one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    tuned = [name for name in one.files if name.startswith("tuned ")]
+    assert sorted(one.files) == sorted(two.files) and len(tuned) > 20
+    for name in one.files:
+        np.testing.assert_allclose(two[name], one[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    moved = [name for name in tuned if not np.allclose(one[name], one[name.replace("tuned", "initial", 1)])]
+    assert len(moved) > len(tuned) // 2, moved

@@ -241,3 +241,45 @@ def test_softmax_under_vmap_and_jit():
 def test_softmax_bad_input_raises(x, scale, offset, error, match):
     with pytest.raises(error, match=match):
         kernels.causal_softmax(x, scale, offset)
+
+
+# --- detector noise ---------------------------------------------------------
+
+def test_standard_normal_is_standard_normal():
+    draws = np.asarray(kernels.standard_normal(jax.random.key(3), (500, 400)), np.float64).ravel()
+    n = draws.size
+    assert abs(draws.mean()) < 5 / np.sqrt(n)
+    assert abs(draws.var() - 1) < 5 * np.sqrt(2 / n)
+    assert abs(np.mean(draws ** 4) / draws.var() ** 2 - 3) < 0.05  # kurtosis
+    assert abs(np.mean(np.abs(draws) > 2) - 0.0455) < 0.002
+    # neighbouring draws, and those of neighbouring 4096-blocks, are uncorrelated
+    assert abs(np.mean(draws[1:] * draws[:-1])) < 5 / np.sqrt(n)
+    assert abs(np.mean(draws[4096:] * draws[:-4096])) < 5 / np.sqrt(n)
+
+
+def test_standard_normal_follows_its_key_under_jit_and_vmap():
+    key = jax.random.key(7)
+    a = kernels.standard_normal(key, (3, 5))
+    np.testing.assert_array_equal(a, jax.jit(kernels.standard_normal, static_argnums=1)(key, (3, 5)))
+    assert not np.array_equal(a, kernels.standard_normal(jax.random.key(8), (3, 5)))
+    keys = jax.random.split(key, 4)
+    batched = jax.vmap(lambda k: kernels.standard_normal(k, (3, 5)))(keys)
+    for k, row in zip(keys, batched):
+        np.testing.assert_array_equal(row, kernels.standard_normal(k, (3, 5)))
+    assert kernels.standard_normal(key, (2,), jnp.float32).dtype == jnp.float32
+    with jax.enable_x64(True):
+        assert kernels.standard_normal(key, (2,), jnp.float64).dtype == jnp.float64
+    assert uses_custom_call(lambda k: kernels.standard_normal(k, (3,)), key, target="lumijax_standard_normal")
+    # the draws are constants for differentiation: d/dσ Σ σ·ε = Σ ε
+    grad = jax.grad(lambda sigma: jnp.sum(sigma * kernels.standard_normal(key, (3,))))(1.0)
+    np.testing.assert_allclose(grad, jnp.sum(kernels.standard_normal(key, (3,))), rtol=1e-6)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        kernels.standard_normal(key, (2,), jnp.int32)
+
+
+def test_standard_normal_without_the_native_kernel(monkeypatch):
+    monkeypatch.setenv("LUMIJAX_NATIVE", "0")
+    key = jax.random.key(1)
+    assert not uses_custom_call(lambda k: kernels.standard_normal(k, (3,)), key, target="lumijax_standard_normal")
+    draws = np.asarray(kernels.standard_normal(key, (20000,)))
+    assert abs(draws.mean()) < 0.05 and abs(draws.std() - 1) < 0.05

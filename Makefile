@@ -27,8 +27,13 @@ $(BUILD_STAMP): $(PY) pyproject.toml $(RUST_SOURCES)
 	cargo build --release --locked -p lumijax-export --bin lmn
 	touch $@
 
+# torchonn 0.0.8 (pytorch-onn) is a source package whose setup.py imports the
+# package itself (so it builds without isolation, next to torch) and whose
+# requirements name an unrelated "pyutils" and tensorflow (so it installs
+# without them; the bench extra holds what it imports).
 $(BENCH_STAMP): $(BUILD_STAMP)
 	maturin develop --release --extras torch,test,bench
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation 'torchonn==0.0.8'
 	cargo build --release --locked -p lumijax-export --bin lmn
 	touch $@
 

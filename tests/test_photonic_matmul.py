@@ -98,3 +98,26 @@ def test_bad_operands_raise_clear_errors(bank):
         hw.photonic_matmul(jnp.ones((2, 8), jnp.int32), w, bank)
     with pytest.raises(ValueError, match=r"shape \(out, in\)"):
         hw.photonic_matmul(jnp.ones((2, 8)), jnp.ones((2, 3, 8)))
+
+
+@pytest.mark.parametrize("compensate", [False, True])
+def test_programmed_bank_tile_by_tile(compensate):
+    """``program_bank`` against a loop over the tiles in numpy: the rings
+    hold ``W`` (or ``W·(M₀ᵀ)⁻¹``) and apply it through the drifted coupling."""
+    config = hw.HardwareConfig(num_channels=8, channel_spacing_nm=0.2, thermal_coupling=0.04)
+    w = np.asarray(jax.random.normal(jax.random.key(4), (5, 21)), np.float64)  # two full tiles and one of 5
+    detuning = np.linspace(-0.02, 0.03, 8)
+    bank = hw.program_bank(jnp.asarray(w.T, jnp.float32), config, ring_detuning_nm=detuning, compensate=compensate)
+    effective, programmed = np.zeros_like(w), np.zeros_like(w)
+    for start in range(0, 21, 8):
+        size = min(8, 21 - start)
+        tile = slice(start, start + size)
+        assumed = np.asarray(hw.coupling_matrix(config, None, size), np.float64)
+        drifted = np.asarray(hw.coupling_matrix(config, detuning[:size], size), np.float64)
+        programmed[:, tile] = w[:, tile] @ np.linalg.inv(assumed.T) if compensate else w[:, tile]
+        effective[:, tile] = programmed[:, tile] @ drifted.T
+    np.testing.assert_allclose(np.asarray(bank.effective).T, effective, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(bank.full_scale, np.abs(programmed).max(axis=1), rtol=1e-5)
+    if compensate:  # on the grid, compensation gives back W itself
+        on_grid = hw.program_bank(jnp.asarray(w.T, jnp.float32), config, compensate=True)
+        np.testing.assert_array_equal(on_grid.effective, np.asarray(w.T, np.float32))

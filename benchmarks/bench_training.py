@@ -25,15 +25,16 @@ The networks: the digits ResNet-10 (8×8 images, batch 64), a torchvision
 ResNet-18 with a small-image stem at 32×32 (batch 64) and the character
 GPT-2 (2 layers, width 64, context 64, batch 32; the peers replace its
 ``Conv1D`` projections by ``nn.Linear`` and run attention's products in
-float). Each contender is warmed up, then timed as the median of several
-blocks of steps; the forward pass is timed alone too (inference, no
-gradient). Prints the table of ms and ratios to the torch step and writes
+float). Each contender is warmed up, then timed once a round over several
+interleaved rounds (the median is reported); the forward pass is timed
+alone too (inference, no gradient). Prints the table of ms and ratios to the torch step and writes
 ``benchmarks/results/training.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import jax
@@ -223,8 +224,15 @@ def measure(name: str, build, repeats: int, console: Console) -> dict:
             contenders[peer] = err
     runnable = {k: v for k, v in contenders.items() if not isinstance(v, Exception)}
     console.print(f"{name}: timing {', '.join(runnable)}")
-    steps = compare({k: v[0] for k, v in runnable.items()}, repeats=repeats)
-    forwards = compare({k: v[1] for k, v in runnable.items()}, repeats=repeats)
+    # Interleaved rounds, one sample of each contender a round, so that a
+    # slow spell of the machine touches every contender alike.
+    samples = {kind: {k: [] for k in runnable} for kind in ("step", "forward")}
+    for _ in range(repeats):
+        for kind, index in (("step", 0), ("forward", 1)):
+            for contender, seconds in compare({k: v[index] for k, v in runnable.items()}, repeats=1, warmup=1).items():
+                samples[kind][contender].append(seconds)
+    steps = {k: statistics.median(v) for k, v in samples["step"].items()}
+    forwards = {k: statistics.median(v) for k, v in samples["forward"].items()}
     rows = {}
     for contender, value in contenders.items():
         if isinstance(value, Exception):

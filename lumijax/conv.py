@@ -130,6 +130,23 @@ class Conv2D:
             for i in range(kh) for j in range(kw)
         ]
 
+    def reads_every_pixel(self, input_hw: Sequence[int]) -> bool:
+        """Whether some tap reads every pixel of an ``input_hw`` image (not
+        so when the stride skips rows or columns)."""
+        for size, k, s, (lo, _), out in zip(input_hw, self.kernel_size, self.strides, self.pads(input_hw),
+                                            self.output_hw(input_hw)):
+            read = {i + s * t for i in range(k) for t in range(out)}
+            if not all(lo + p in read for p in range(size)):
+                return False
+        return True
+
+    def dac_inputs(self, x: Array) -> list[Array]:
+        """Arrays holding exactly the pixels of ``x`` that the patch matrix
+        reads (besides the padding's zeros): ``[x]`` when every pixel is
+        read, else the :meth:`tap_slices`. Their extremes are those of the
+        patch matrix, without building it."""
+        return [x] if self.reads_every_pixel(x.shape[1:3]) else self.tap_slices(x)
+
     def patches(self, x: Array) -> Array:
         """The patch matrix of ``x`` ``(N, H, W, C)``: ``(N, H', W',
         kh·kw·C)``, the :meth:`tap_slices` side by side (``C`` fastest

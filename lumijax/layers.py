@@ -146,7 +146,7 @@ class PhotonicCore(nnx.Module):
             return jnp.matmul(x, w) if lowering is None else lowering(x, w)
         contract = jnp.matmul if lowering is None else functools.partial(lowering, exact=True)
         config = self.config()
-        parts = [x] if lowering is None else lowering.tap_slices(x)
+        parts = [x] if lowering is None else lowering.dac_inputs(x)
         if observe:
             stream = x if lowering is None else lowering.patches(x)
             self.input_range.set_value(self.estimator.update(self.input_range.get_value(), stream))

@@ -64,6 +64,21 @@ def test_patches_are_taps_in_row_major_order_with_channels_fastest():
             np.testing.assert_array_equal(patches[:, i, j], window.reshape(2, -1))
 
 
+def test_the_dac_sees_the_pixels_the_patches_read():
+    """The DAC's range and sign come from the pixels the patch matrix reads:
+    all of them, or (when a stride skips some) the tap slices."""
+    x = jax.random.normal(jax.random.key(5), (2, 9, 8, 3))
+    skipped = jnp.abs(x).at[:, 2::3].set(-50.0)  # rows a (2, 3) kernel of stride 3 never reads
+    for geometry in (Conv2D(3, 2, 1), Conv2D(1, 2, 0), Conv2D((2, 3), (3, 1), ((0, 1), (1, 1))), Conv2D(3, 1, "VALID")):
+        for image in (x, jnp.abs(x), skipped):
+            patches = np.asarray(geometry.patches(image))
+            parts = geometry.dac_inputs(image)
+            assert max(float(np.abs(p).max()) for p in parts) == np.abs(patches).max()
+            assert (min(float(np.min(p)) for p in parts) < 0) == (patches.min() < 0)
+    assert Conv2D(3, 2, 1).reads_every_pixel((9, 8)) and not Conv2D(1, 2, 0).reads_every_pixel((9, 8))
+    assert not Conv2D((2, 3), (3, 1), ((0, 1), (1, 1))).reads_every_pixel((9, 8))  # 2 rows of every 3
+
+
 def test_the_choice_follows_the_image_size():
     small = Conv2D(3, 1, 1)
     assert small.lowering_for((64, 2, 2, 256)) == "patches"

@@ -23,6 +23,7 @@ Conventions
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -285,7 +286,8 @@ def thermal_drift_nm(config: HardwareConfig, delta_temperature_K: ArrayLike) -> 
 
 def _per_tile(kernel: Array, config: HardwareConfig, ring_detuning_nm, left) -> Array:
     """Each tile of ``kernel`` ``(in, out)`` multiplied on the left by
-    ``left(size, detuning)`` ``(size, size)``.
+    ``left(detuning, size)`` ``(size, size)`` (as :func:`coupling_matrix`
+    takes them after the config).
 
     The input axis is cut into tiles of N channels; full tiles (``size =
     N``) go through in one batched product, a shorter last tile with its
@@ -302,13 +304,13 @@ def _per_tile(kernel: Array, config: HardwareConfig, ring_detuning_nm, left) -> 
         blocks = kernel[:full].reshape(tiles, n, out)
         # One (N, N)·(N, out) product per tile, as a batched dot (XLA:CPU
         # runs it as a batch of small GEMMs, without transposing the kernel).
-        lefts = jnp.broadcast_to(left(n, detuning), (tiles, n, n))
+        lefts = jnp.broadcast_to(left(detuning, n), (tiles, n, n))
         dtype = jnp.result_type(lefts, blocks)
         product = jax.lax.dot_general(lefts.astype(dtype), blocks.astype(dtype), (((2,), (1,)), ((0,), (0,))))
         parts.append(product.reshape(full, out))
     if full < fan_in:
         rest = fan_in - full
-        parts.append(left(rest, None if detuning is None else detuning[:rest]) @ kernel[full:])
+        parts.append(left(None if detuning is None else detuning[:rest], rest) @ kernel[full:])
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
 
 
@@ -326,8 +328,12 @@ def effective_weights(
       Effective weights, shape ``(out, in)``.
     """
     weight = _check_weight(weight)
-    coupling = lambda size, detuning: coupling_matrix(config, detuning, size)
-    return _per_tile(weight.T, config, ring_detuning_nm, coupling).T
+    return _per_tile(weight.T, config, ring_detuning_nm, functools.partial(coupling_matrix, config)).T
+
+
+def _inverse_coupling(config: HardwareConfig, ring_detuning_nm, num_channels: int) -> Array:
+    """``M⁻¹`` of one bank of ``num_channels`` rings, shape ``(n, n)``."""
+    return jnp.linalg.inv(coupling_matrix(config, ring_detuning_nm, num_channels))
 
 
 class CrosstalkCompensation(NamedTuple):
@@ -367,8 +373,7 @@ def compensate_crosstalk(
     weight = _check_weight(weight)
 
     # w_prog · mᵀ = w  ⇔  w_progᵀ = m⁻¹ · wᵀ, tile by tile.
-    inverse = lambda size, detuning: jnp.linalg.inv(coupling_matrix(config, detuning, size))
-    unclipped = _per_tile(weight.T, config, ring_detuning_nm, inverse).T
+    unclipped = _per_tile(weight.T, config, ring_detuning_nm, functools.partial(_inverse_coupling, config)).T
     if weight_limit is None:
         weight_limit = jnp.max(jnp.abs(weight), axis=-1, keepdims=True)
     programmed = jnp.clip(unclipped, -weight_limit, weight_limit)
@@ -521,15 +526,14 @@ def program_bank(
     product per tile size.
     """
     kernel = _check_weight(kernel, "kernel", "(in, out)")
-    coupling = lambda size, detuning: coupling_matrix(config, detuning, size)
     if not compensate:
-        return ProgrammedBank(_per_tile(kernel, config, ring_detuning_nm, coupling), jnp.max(jnp.abs(kernel), axis=0))
-    inverse = lambda size, _: jnp.linalg.inv(coupling(size, None))
-    programmed = _per_tile(kernel, config, None, inverse)
+        effective = _per_tile(kernel, config, ring_detuning_nm, functools.partial(coupling_matrix, config))
+        return ProgrammedBank(effective, jnp.max(jnp.abs(kernel), axis=0))
+    programmed = _per_tile(kernel, config, None, functools.partial(_inverse_coupling, config))
     if ring_detuning_nm is None:
         effective = kernel
     else:
-        transfer = lambda size, detuning: coupling(size, detuning) @ inverse(size, None)
+        transfer = lambda detuning, size: coupling_matrix(config, detuning, size) @ _inverse_coupling(config, None, size)
         effective = _per_tile(kernel, config, ring_detuning_nm, transfer)
     return ProgrammedBank(effective, jnp.max(jnp.abs(programmed), axis=0))
 

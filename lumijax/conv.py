@@ -4,19 +4,19 @@ A convolution multiplies every output pixel's receptive field, a patch of
 ``(kh, kw, C_in)`` inputs, by the same ``(kh·kw·C_in, C_out)`` kernel: the
 product a photonic core computes, with the input channels of one tap on
 adjacent wavelengths. :class:`Conv2D` holds the geometry and lowers that
-product to XLA in one of two ways, chosen from the shapes alone (so the
-choice is static under ``jit``):
+product in one of two ways:
 
+* ``"native"``: :func:`lumijax.kernels.conv2d`, the native im2col kernels
+  (blocks of the patch matrix filled and multiplied in cache, both
+  gradients too) on CPU, ``lax.conv_general_dilated`` elsewhere;
 * ``"patches"``: the explicit patch matrix (zero padding, one strided slice
   per tap, concatenated along the channels; a slice alone for 1×1), times
-  the kernel in one ``dot_general``;
-* ``"xla"``: ``lax.conv_general_dilated``.
+  the kernel in one XLA ``dot_general``. The hardware modes use it where it
+  fits in memory: their converters round the sums of one matrix product
+  over the patches, as the runtime computes them.
 
-XLA:CPU's convolution is slow on small images (a few output pixels per
-image, or a stride over a small image), where the patch matrix is small and
-one matrix product is fast; on large images the patch matrix is many times
-the input and its copies cost more than the convolution. Both compute the
-same sums (up to float rounding), and both have gradients.
+Both compute the same sums (up to float rounding), and both have gradients.
+The choice is static under ``jit`` (it depends on shapes alone).
 """
 
 from __future__ import annotations
@@ -28,17 +28,13 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from lumijax import kernels
+
 Array = jax.Array
-Lowering = Literal["patches", "xla"]
+Lowering = Literal["native", "patches"]
 PaddingLike = str | int | Sequence[int] | Sequence[tuple[int, int]]
 
-#: Output pixels per image up to which the patch matrix is used.
-SMALL_IMAGE_PIXELS = 16
-#: Input channels (of all taps) up to which the patch matrix is used on any
-#: image: a short contraction keeps XLA's convolution from vectorising.
-SHORT_CONTRACTION = 32
-#: The largest patch matrix built (elements); larger ones cost more to copy
-#: than XLA's convolution takes.
+#: The largest patch matrix built (elements) for ``exact`` products.
 MAX_PATCH_ELEMENTS = 1 << 23
 
 
@@ -60,7 +56,7 @@ class Conv2D:
         ``lax.conv_general_dilated`` does), or explicit zero padding
         ``((top, bottom), (left, right))`` pixels, or one count for all four
         sides.
-      lowering: ``"patches"`` or ``"xla"`` for every input; default
+      lowering: ``"native"`` or ``"patches"`` for every input; default
         (``None``) chosen for each input shape by :meth:`lowering_for`.
     """
 
@@ -73,8 +69,8 @@ class Conv2D:
         object.__setattr__(self, "kernel_size", _pair(self.kernel_size, "kernel_size"))
         object.__setattr__(self, "strides", _pair(self.strides, "strides"))
         object.__setattr__(self, "padding", _normalize_padding(self.padding))
-        if self.lowering not in (None, "patches", "xla"):
-            raise ValueError(f"lowering = {self.lowering!r}: use 'patches', 'xla' or None (chosen per shape)")
+        if self.lowering not in (None, "native", "patches"):
+            raise ValueError(f"lowering = {self.lowering!r}: use 'native', 'patches' or None (chosen per shape)")
 
     @property
     def taps(self) -> int:
@@ -101,19 +97,17 @@ class Conv2D:
 
     def lowering_for(self, input_shape: Sequence[int], *, exact: bool = False) -> Lowering:
         """How the product is lowered for an input ``(N, H, W, C_in)``: the
-        fixed ``lowering``, else the patch matrix when it stays within
-        :data:`MAX_PATCH_ELEMENTS` and either the output image is small, the
-        contraction short, or ``exact`` asks for the sums of one matrix
-        product over the patches (as the runtime computes them: a converter
-        after the product can round XLA's differently ordered sums to
-        another code)."""
+        fixed ``lowering``, else the patch matrix when ``exact`` asks for the
+        sums of one XLA matrix product over the patches (as the runtime
+        computes them: a converter after the product can round differently
+        ordered sums to another code) and the matrix stays within
+        :data:`MAX_PATCH_ELEMENTS`, else the native kernels."""
         if self.lowering is not None:
             return self.lowering
         n, h, w, c = input_shape
         ho, wo = self.output_hw((h, w))
-        patch_elements = n * ho * wo * self.taps * c
-        small = exact or ho * wo <= SMALL_IMAGE_PIXELS or self.taps * c <= SHORT_CONTRACTION
-        return "patches" if small and patch_elements <= MAX_PATCH_ELEMENTS else "xla"
+        fits = n * ho * wo * self.taps * c <= MAX_PATCH_ELEMENTS
+        return "patches" if exact and fits else "native"
 
     def tap_slices(self, x: Array) -> list[Array]:
         """What each tap reads of ``x`` ``(N, H, W, C)``: ``kh·kw`` arrays
@@ -165,8 +159,7 @@ class Conv2D:
                              f"({self.taps * x.shape[-1]}, out), got shape {kernel.shape}")
         if self.lowering_for(x.shape, exact=exact) == "patches":
             return jnp.matmul(self.patches(x), kernel)
-        return jax.lax.conv_general_dilated(x, kernel.reshape(*self.kernel_size, x.shape[-1], -1), self.strides,
-                                            self.pads(x.shape[1:3]), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return kernels.conv2d(x, kernel, self.kernel_size, self.strides, self.pads(x.shape[1:3]))
 
 
 def _check_image(x: Array) -> None:

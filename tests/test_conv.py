@@ -1,4 +1,4 @@
-"""The convolution lowering against lax.conv_general_dilated, and the
+"""The convolution lowerings against lax.conv_general_dilated, and the
 photonic convolution against the product on its explicit patch matrix."""
 
 import jax
@@ -31,7 +31,7 @@ def reference(x, kernel, strides, padding):
                                         precision=jax.lax.Precision.HIGHEST)
 
 
-@pytest.mark.parametrize("lowering", ["patches", "xla"])
+@pytest.mark.parametrize("lowering", ["patches", "native"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[1]}x{c[2]}-k{c[5][0]}{c[5][1]}-s{c[6][0]}{c[6][1]}")
 def test_lowering_equals_conv_general_dilated(case, lowering):
     n, h, w, cin, cout, kernel_size, strides, padding = case
@@ -79,17 +79,14 @@ def test_the_dac_sees_the_pixels_the_patches_read():
     assert not Conv2D((2, 3), (3, 1), ((0, 1), (1, 1))).reads_every_pixel((9, 8))  # 2 rows of every 3
 
 
-def test_the_choice_follows_the_image_size():
-    small = Conv2D(3, 1, 1)
-    assert small.lowering_for((64, 2, 2, 256)) == "patches"
-    assert small.lowering_for((64, 32, 32, 64)) == "xla"
-    assert small.lowering_for((64, 32, 32, 3)) == "patches"  # 27 inputs a patch
-    assert Conv2D(3, 1, 1, lowering="xla").lowering_for((64, 2, 2, 256)) == "xla"
+def test_the_choice_follows_exactness_and_size():
+    geometry = Conv2D(3, 1, 1)
+    assert geometry.lowering_for((64, 2, 2, 256)) == "native"
+    assert geometry.lowering_for((64, 32, 32, 64)) == "native"
+    assert Conv2D(3, 1, 1, lowering="patches").lowering_for((64, 32, 32, 64)) == "patches"
     # the hardware modes keep the patch product's sums while its matrix is small
-    stem = Conv2D(7, 2, 3)
-    assert stem.lowering_for((2, 24, 24, 8)) == "xla"
-    assert stem.lowering_for((2, 24, 24, 8), exact=True) == "patches"
-    assert small.lowering_for((64, 32, 32, 64), exact=True) == "xla"  # a 38 M-element patch matrix
+    assert geometry.lowering_for((2, 24, 24, 8), exact=True) == "patches"
+    assert geometry.lowering_for((64, 32, 32, 64), exact=True) == "native"  # a 38 M-element patch matrix
 
 
 def test_bad_geometry_and_operands_raise():
@@ -120,7 +117,7 @@ def patch_product(layer, x, mode, key=None):
     return layer.core.product(patches, kernel, key=key, slot_order=layer.slot_order) + layer.conv.bias[...]
 
 
-@pytest.mark.parametrize("mode,lowering", [("expected", "patches"), ("noisy", "xla")])
+@pytest.mark.parametrize("mode,lowering", [("expected", "patches"), ("noisy", "native")])
 def test_the_photonic_conv_is_the_product_on_its_patches(mode, lowering):
     # 5 channels a tap on an 8-wavelength grid: tiles straddle the taps,
     # crosstalk couples them, a slot order permutes them, and the rings

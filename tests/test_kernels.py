@@ -283,3 +283,77 @@ def test_standard_normal_without_the_native_kernel(monkeypatch):
     assert not uses_custom_call(lambda k: kernels.standard_normal(k, (3,)), key, target="lumijax_standard_normal")
     draws = np.asarray(kernels.standard_normal(key, (20000,)))
     assert abs(draws.mean()) < 0.05 and abs(draws.std() - 1) < 0.05
+
+
+# --- 2-D convolution --------------------------------------------------------
+# Values and gradients of the lowering on many geometries: test_conv.py.
+
+CONV = dict(kernel_size=(3, 2), strides=(2, 1), padding=((1, 0), (0, 1)))
+
+
+def conv_reference(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel.reshape(3, 2, x.shape[-1], -1), CONV["strides"], CONV["padding"],
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST)
+
+
+def test_conv2d_runs_the_native_kernels_forward_and_backward():
+    x, kernel = sample((2, 7, 6, 3), np.float32), sample((18, 4), np.float32)
+    loss = lambda x, k: jnp.sum(kernels.conv2d(x, k, **CONV) ** 2)
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, kernel).compile().as_text()
+    for target in ("lumijax_conv2d", "lumijax_conv2d_backward"):
+        assert target in compiled
+    check_grads(lambda x, k: kernels.conv2d(x, k, **CONV), (x, kernel), order=1, modes=["rev"], atol=2e-2, rtol=2e-2)
+
+
+def test_conv2d_in_float64_and_without_the_native_kernel(monkeypatch):
+    x, kernel = sample((2, 7, 6, 3), np.float64), sample((18, 4), np.float64)
+    with jax.enable_x64(True):
+        assert not uses_custom_call(lambda x, k: kernels.conv2d(x, k, **CONV), x, kernel, target="lumijax_conv2d")
+        np.testing.assert_allclose(kernels.conv2d(x, kernel, **CONV), conv_reference(x, kernel), rtol=1e-12, atol=1e-12)
+    x, kernel = x.astype(np.float32), kernel.astype(np.float32)
+    monkeypatch.setenv("LUMIJAX_NATIVE", "0")
+    assert not uses_custom_call(lambda x, k: kernels.conv2d(x, k, **CONV), x, kernel, target="lumijax_conv2d")
+    np.testing.assert_allclose(kernels.conv2d(x, kernel, **CONV), conv_reference(x, kernel), rtol=1e-5, atol=1e-5)
+
+
+def test_conv2d_under_vmap_and_nan_propagation():
+    x, kernel = sample((3, 2, 5, 4, 2), np.float32), sample((12, 3), np.float32)
+    batched = jax.jit(jax.vmap(lambda x: kernels.conv2d(x, kernel, **CONV)))(x)
+    for i in range(3):
+        np.testing.assert_allclose(batched[i], conv_reference(x[i], kernel), rtol=1e-5, atol=1e-5)
+    poisoned = x[0].copy()
+    poisoned[1, 2, 3, 0] = np.nan
+    y = np.asarray(kernels.conv2d(poisoned, kernel, **CONV))
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(np.asarray(conv_reference(poisoned, kernel))))
+    assert np.isnan(y).any() and not np.isnan(y[0]).any()
+
+
+@pytest.mark.parametrize(
+    "x_shape,k_shape,geometry,error,match",
+    [
+        ((7, 6, 3), (18, 4), CONV, ValueError, "NHWC"),
+        ((1, 7, 6, 3), (17, 4), CONV, ValueError, r"\(18, C_out\)"),
+        ((1, 1, 1, 3), (18, 4), dict(CONV, padding=((0, 0), (0, 0))), ValueError, "smaller than"),
+        ((1, 7, 6, 3), (18, 4), dict(CONV, strides=(0, 1)), ValueError, "≥ 1"),
+        ((1, 7, 6, 3), (18, 4), dict(CONV, padding=((-1, 0), (0, 0))), ValueError, "≥ 0"),
+    ],
+)
+def test_conv2d_bad_input_raises(x_shape, k_shape, geometry, error, match):
+    with pytest.raises(error, match=match):
+        kernels.conv2d(jnp.ones(x_shape), jnp.ones(k_shape), **geometry)
+    with pytest.raises(TypeError, match="floating-point"):
+        kernels.conv2d(jnp.ones((1, 7, 6, 3), jnp.int32), jnp.ones((18, 4), jnp.int32), **CONV)
+
+
+def test_conv2d_ffi_checks_its_operands():
+    attrs = {name: np.int64(v) for name, v in dict(kernel_h=3, kernel_w=3, stride_h=1, stride_w=1, pad_top=1,
+                                                   pad_bottom=1, pad_left=1, pad_right=1).items()}
+    call = jax.ffi.ffi_call("lumijax_conv2d", jax.ShapeDtypeStruct((1, 4, 4, 2), jnp.float32))
+    with pytest.raises(Exception, match="holds 26 elements"):
+        jax.block_until_ready(call(jnp.ones((1, 4, 4, 3)), jnp.ones((13, 2)), **attrs))
+    with pytest.raises(Exception, match=r"output must be \(1, 5, 4, cout\), got \[1, 4, 4, 2\]"):
+        jax.block_until_ready(call(jnp.ones((1, 5, 4, 3)), jnp.ones((27, 2)), **attrs))
+    with pytest.raises(Exception, match="smaller than"):
+        jax.block_until_ready(call(jnp.ones((1, 4, 4, 3)), jnp.ones((27, 2)), **dict(attrs, kernel_h=np.int64(9))))
+    with pytest.raises(Exception, match="must be ≥ 0"):
+        jax.block_until_ready(call(jnp.ones((1, 4, 4, 3)), jnp.ones((27, 2)), **dict(attrs, pad_top=np.int64(-1))))

@@ -43,6 +43,8 @@ const HANDLERS: &[(&str, XLA_FFI_Handler)] = &[
     ("lumijax_causal_softmax_bwd", handlers::lumijax_causal_softmax_bwd),
     ("lumijax_quantized_matmul", handlers::lumijax_quantized_matmul),
     ("lumijax_standard_normal", handlers::lumijax_standard_normal),
+    ("lumijax_conv2d", handlers::lumijax_conv2d),
+    ("lumijax_conv2d_backward", handlers::lumijax_conv2d_backward),
 ];
 
 /// The XLA FFI handlers, as a dict of target name to PyCapsule.

@@ -12,9 +12,11 @@
 
 use std::collections::HashMap;
 
+use lumijax_native::conv;
+
 use crate::error::FormatError;
 use crate::graph::{Graph, Op, Step};
-use crate::runtime::{attention_rows_per_task, conv_blocks, conv_path, ConvPath};
+use crate::runtime::{attention_rows_per_task, conv_path, ConvPath};
 use crate::tensor::TensorInfo;
 use crate::winograd;
 
@@ -139,9 +141,9 @@ fn step_cost(graph: &Graph, tensors: &HashMap<String, TensorInfo>, step: &Step, 
                 let scratch = match conv_path(x, y, *kernel, *stride, threads) {
                     ConvPath::Pointwise => 0,
                     ConvPath::Winograd => mul(&[winograd::scratch_elements(y, x[3], threads), 4])?,
-                    ConvPath::Whole => floats(&[rows, width])?,
-                    ConvPath::Blocked => {
-                        let (blocks, block) = conv_blocks(rows, width, threads);
+                    ConvPath::Patches(conv::Path::Whole) => floats(&[rows, width])?,
+                    ConvPath::Patches(conv::Path::Blocked) => {
+                        let (blocks, block) = conv::blocks(rows, width, threads);
                         floats(&[threads.min(blocks), block, width])?
                     }
                 };

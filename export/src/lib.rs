@@ -13,7 +13,6 @@ pub mod npy;
 pub mod photonic;
 pub mod preamble;
 pub mod runtime;
-mod scratch;
 pub mod tensor;
 pub mod winograd;
 

@@ -8,6 +8,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
+use lumijax_native::conv::{self, Conv2d};
 use lumijax_native::softmax::{causal_softmax_forward, CausalShape};
 use rayon::prelude::*;
 
@@ -16,7 +17,6 @@ use crate::graph::{Core, Op, Step};
 use crate::model::Model;
 pub use crate::photonic::Mode;
 use crate::photonic::{self, gemm, gemm_on_this_thread, Programmed};
-use crate::scratch::with_scratch;
 use crate::tensor::Dtype;
 use crate::winograd;
 
@@ -82,10 +82,6 @@ fn add_rows(y: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// Patch elements a thread fills and multiplies at a time on the blocked
-/// convolution path (2 MiB of f32).
-pub(crate) const CONV_BLOCK_ELEMENTS: usize = 1 << 19;
-
 /// How an ideal-mode convolution runs (the hardware modes always build the
 /// whole patch matrix, which their converters see at once).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,135 +90,25 @@ pub(crate) enum ConvPath {
     Pointwise,
     /// 3×3 stride 1 where Winograd F(2×2, 3×3) pays ([`winograd::pays`]).
     Winograd,
-    /// Fewer output pixels than channels: the whole patch matrix, then one threaded GEMM.
-    Whole,
-    /// Blocks of pixels of about [`CONV_BLOCK_ELEMENTS`] patch entries, each
-    /// filled and multiplied by one thread.
-    Blocked,
+    /// The patch-matrix product of [`lumijax_native::conv`], on its path.
+    Patches(conv::Path),
 }
 
 /// The path of a convolution from NHWC `input` to NHWC `output` on `threads` threads.
 pub(crate) fn conv_path(input: &[usize], output: &[usize], kernel: [usize; 2], stride: [usize; 2], threads: usize) -> ConvPath {
-    let rows = output[0] * output[1] * output[2];
     if kernel == [1, 1] && stride == [1, 1] {
         ConvPath::Pointwise
     } else if kernel == [3, 3] && stride == [1, 1] && winograd::pays(output[0], [output[1], output[2]], input[3]) {
         ConvPath::Winograd
-    } else if rows < output[3].max(16 * threads) {
-        ConvPath::Whole
     } else {
-        ConvPath::Blocked
+        ConvPath::Patches(conv::path(output[0] * output[1] * output[2], output[3], threads))
     }
-}
-
-/// The blocked path's cut of `rows` output pixels of `width` patch entries
-/// over `threads` threads: a multiple of the thread count of blocks, each of
-/// `block` rows and at most about [`CONV_BLOCK_ELEMENTS`] patch entries.
-pub(crate) fn conv_blocks(rows: usize, width: usize, threads: usize) -> (usize, usize) {
-    let blocks = threads * rows.saturating_mul(width).div_ceil(threads * CONV_BLOCK_ELEMENTS);
-    (blocks, rows.div_ceil(blocks.max(1)))
 }
 
 /// Query rows per task of ideal-mode attention over `keys` keys: blocks of
 /// about 64 Ki scores.
 pub(crate) fn attention_rows_per_task(keys: usize) -> usize {
     ((1usize << 16) / keys.max(1)).clamp(1, 256)
-}
-
-/// The geometry of a convolution on an NHWC image.
-#[derive(Clone, Copy)]
-struct ConvGeometry<'a> {
-    shape: &'a [usize],
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [[usize; 2]; 2],
-    out_hw: [usize; 2],
-}
-
-impl ConvGeometry<'_> {
-    fn width(&self) -> usize {
-        self.kernel[0] * self.kernel[1] * self.shape[3]
-    }
-
-    /// im2col rows `first..` into `rows` (one row per output pixel: kernel
-    /// row, kernel column, channel, with the channel fastest). Every element
-    /// is written, padding as zero, so `rows` may hold anything before.
-    fn fill(&self, x: &[f32], first: usize, rows: &mut [f32]) {
-        let (h, w, c) = (self.shape[1], self.shape[2], self.shape[3]);
-        let [oh, ow] = self.out_hw;
-        for (i, row) in rows.chunks_exact_mut(self.width().max(1)).enumerate() {
-            let p = first + i;
-            let (b, oy, ox) = (p / (oh * ow), (p / ow) % oh, p % ow);
-            for ky in 0..self.kernel[0] {
-                let iy = (oy * self.stride[0] + ky) as isize - self.padding[0][0] as isize;
-                let taps = &mut row[ky * self.kernel[1] * c..][..self.kernel[1] * c];
-                let ix0 = (ox * self.stride[1]) as isize - self.padding[1][0] as isize;
-                if iy < 0 || iy >= h as isize {
-                    taps.fill(0.0);
-                } else if ix0 >= 0 && ix0 as usize + self.kernel[1] <= w {
-                    // The kernel row lies inside the image: one contiguous run.
-                    taps.copy_from_slice(&x[((b * h + iy as usize) * w + ix0 as usize) * c..][..self.kernel[1] * c]);
-                } else {
-                    for (kx, dst) in taps.chunks_exact_mut(c.max(1)).enumerate() {
-                        let ix = ix0 + kx as isize;
-                        if ix < 0 || ix >= w as isize {
-                            dst.fill(0.0);
-                        } else {
-                            dst.copy_from_slice(&x[((b * h + iy as usize) * w + ix as usize) * c..][..c]);
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// The whole patch matrix into `out` (resized), filled in parallel in
-    /// blocks of about 1 MiB.
-    fn patches_into(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) {
-        let width = self.width();
-        out.resize(rows * width, 0.0);
-        let block = ((1usize << 18) / width.max(1)).max(1);
-        out[..rows * width].par_chunks_mut(block * width.max(1)).enumerate().for_each(|(i, chunk)| self.fill(x, i * block, chunk));
-    }
-
-    /// The whole patch matrix (for the hardware modes, whose converters see
-    /// all of it).
-    fn patches(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        let mut out = Vec::new();
-        self.patches_into(x, rows, &mut out);
-        out
-    }
-
-    /// `patches·K` with `kernel_t` `(width, cout)` on the [`ConvPath::Whole`]
-    /// or [`ConvPath::Blocked`] path.
-    ///
-    /// Blocked: the pixels are cut into blocks, a multiple of the thread
-    /// count of them and each of at most about [`CONV_BLOCK_ELEMENTS`]
-    /// patch entries: a thread fills a block's patches into its own buffer
-    /// and multiplies them right away, while they are still in cache. Whole
-    /// (fewer pixels than channels, the late stages): the patch matrix is
-    /// built whole and the GEMM cuts the output channels.
-    fn product(&self, x: &[f32], rows: usize, kernel_t: &[f32], cout: usize, path: ConvPath) -> Result<Vec<f32>, String> {
-        let width = self.width();
-        let mut y = vec![0.0f32; rows * cout];
-        let threads = rayon::current_num_threads();
-        if path != ConvPath::Blocked {
-            return with_scratch(|patches| {
-                self.patches_into(x, rows, patches);
-                gemm(&patches[..rows * width], kernel_t, &mut y, 1, (rows, width, cout), false)
-            }).map(|()| y);
-        }
-        let (_, block) = conv_blocks(rows, width, threads);
-        y.par_chunks_mut(block * cout.max(1)).enumerate().try_for_each(|(i, out)| {
-            let count = out.len() / cout.max(1);
-            with_scratch(|patches| {
-                patches.resize(count * width, 0.0);
-                self.fill(x, i * block, &mut patches[..count * width]);
-                gemm_on_this_thread(&patches[..count * width], kernel_t, cout, out, (count, width, cout))
-            })
-        })?;
-        Ok(y)
-    }
 }
 
 fn gelu(x: f32, tanh: bool) -> f32 {
@@ -387,14 +273,22 @@ impl Runtime {
             }
             Op::Conv2d { weight, bias, kernel, stride, padding, core } => {
                 let xs = floats(x)?;
-                let geometry = ConvGeometry { shape: &x_shape, kernel: *kernel, stride: *stride, padding: *padding, out_hw: [shape[1], shape[2]] };
-                let (k, rows) = (geometry.width(), shape[0] * shape[1] * shape[2]);
-                let path = conv_path(&x_shape, &shape, *kernel, *stride, rayon::current_num_threads());
-                let mut y = match (path, mode) {
-                    (ConvPath::Pointwise, _) => self.weight_product(index, &xs, (rows, k, shape[3]), weight, core, mode)?,
+                let input: [usize; 4] = x_shape.as_slice().try_into().map_err(|_| format!("a convolution takes NHWC images, got {x_shape:?}"))?;
+                let geometry = Conv2d::new(input, *kernel, *stride, *padding).map_err(|e| e.to_string())?;
+                let (k, rows, cout) = (geometry.width(), geometry.rows(), shape[3]);
+                let mut y = match (conv_path(&x_shape, &shape, *kernel, *stride, rayon::current_num_threads()), mode) {
+                    (ConvPath::Pointwise, _) => self.weight_product(index, &xs, (rows, k, cout), weight, core, mode)?,
                     (ConvPath::Winograd, Mode::Ideal) => winograd::conv3x3(&xs, &x_shape, *padding, [shape[1], shape[2]], &self.winograd[weight])?,
-                    (_, Mode::Ideal) => geometry.product(&xs, rows, &self.kernels[weight], shape[3], path)?,
-                    _ => self.weight_product(index, &geometry.patches(&xs, rows), (rows, k, shape[3]), weight, core, mode)?,
+                    (ConvPath::Patches(path), Mode::Ideal) => {
+                        let mut y = vec![0.0f32; rows * cout];
+                        geometry.forward_on(&xs, &self.kernels[weight], cout, &mut y, path).map_err(|e| e.to_string())?;
+                        y
+                    }
+                    _ => {
+                        let mut patches = Vec::new();
+                        geometry.patches_into(&xs, &mut patches);
+                        self.weight_product(index, &patches, (rows, k, cout), weight, core, mode)?
+                    }
                 };
                 if let Some(b) = bias {
                     add_rows(&mut y, m.f32s(b));
@@ -662,62 +556,3 @@ impl Heads {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A direct convolution in f64, the reference for im2col + GEMM.
-    fn direct(x: &[f32], g: &ConvGeometry, weight: &[f32], cout: usize) -> Vec<f64> {
-        let (h, w, c) = (g.shape[1], g.shape[2], g.shape[3]);
-        let [oh, ow] = g.out_hw;
-        let mut y = vec![0.0f64; g.shape[0] * oh * ow * cout];
-        for b in 0..g.shape[0] {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    for o in 0..cout {
-                        let mut acc = 0.0f64;
-                        for ky in 0..g.kernel[0] {
-                            for kx in 0..g.kernel[1] {
-                                let iy = (oy * g.stride[0] + ky) as isize - g.padding[0][0] as isize;
-                                let ix = (ox * g.stride[1] + kx) as isize - g.padding[1][0] as isize;
-                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                    continue;
-                                }
-                                for ci in 0..c {
-                                    let xv = x[((b * h + iy as usize) * w + ix as usize) * c + ci];
-                                    let wv = weight[o * g.width() + (ky * g.kernel[1] + kx) * c + ci];
-                                    acc += f64::from(xv) * f64::from(wv);
-                                }
-                            }
-                        }
-                        y[((b * oh + oy) * ow + ox) * cout + o] = acc;
-                    }
-                }
-            }
-        }
-        y
-    }
-
-    #[test]
-    fn blocked_and_whole_convolutions_match_a_direct_one() {
-        // 2·64·64 output pixels × 288 patch entries: several blocks; and a
-        // small one, a single block.
-        for (shape, stride) in [([2usize, 64, 64, 32], 1usize), ([1, 12, 10, 3], 2)] {
-            let x: Vec<f32> = (0..shape.iter().product::<usize>()).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
-            let cout = 8;
-            let out_hw = [(shape[1] + 2 - 3) / stride + 1, (shape[2] + 2 - 3) / stride + 1];
-            let g = ConvGeometry { shape: &shape, kernel: [3, 3], stride: [stride, stride], padding: [[1, 1], [1, 1]], out_hw };
-            let weight: Vec<f32> = (0..cout * g.width()).map(|i| ((i * 13 % 29) as f32 - 14.0) / 14.0).collect();
-            let rows = shape[0] * out_hw[0] * out_hw[1];
-            assert_eq!(rows * g.width() > 4 * CONV_BLOCK_ELEMENTS, shape[0] == 2);
-            let reference = direct(&x, &g, &weight, cout);
-            let scale = reference.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-            for path in [ConvPath::Whole, ConvPath::Blocked] {
-                let ours = g.product(&x, rows, &photonic::transposed(&weight, cout, g.width()), cout, path).unwrap();
-                for (a, b) in ours.iter().zip(&reference) {
-                    assert!((f64::from(*a) - b).abs() <= 1e-5 * scale, "{path:?}: {a} vs {b}");
-                }
-            }
-        }
-    }
-}

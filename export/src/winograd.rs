@@ -10,7 +10,7 @@
 
 use lumijax_native::gemm::{strided_product_on_this_thread, DisjointOutput};
 
-use crate::scratch::with_scratch;
+use lumijax_native::scratch::with_scratch;
 use rayon::prelude::*;
 
 /// Transform points per tile (4×4).

@@ -366,6 +366,81 @@ pub fn strided_product_on_this_thread(
     Ok(())
 }
 
+/// A matrix inside a slice: element `(i, j)` at `i·row_stride + j·col_stride`
+/// (a transpose is the same data with the strides swapped).
+#[derive(Debug, Clone, Copy)]
+pub struct MatrixView<'a, T> {
+    pub data: &'a [T],
+    pub rows: usize,
+    pub cols: usize,
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a, T> MatrixView<'a, T> {
+    /// A contiguous row-major `rows×cols` matrix.
+    pub fn row_major(data: &'a [T], rows: usize, cols: usize) -> Self {
+        MatrixView { data, rows, cols, row_stride: cols, col_stride: 1 }
+    }
+
+    /// The transpose, in place.
+    pub fn t(self) -> Self {
+        MatrixView { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+    }
+
+    /// Fails unless every element the strides address lies in `data`.
+    fn check(&self, name: &str) -> Result<(), KernelError> {
+        if self.rows == 0 || self.cols == 0 {
+            return Ok(());
+        }
+        let last = (self.rows - 1)
+            .checked_mul(self.row_stride)
+            .and_then(|r| (self.cols - 1).checked_mul(self.col_stride).and_then(|c| r.checked_add(c)));
+        match last {
+            Some(last) if last < self.data.len() && self.row_stride <= isize::MAX as usize && self.col_stride <= isize::MAX as usize => Ok(()),
+            _ => Err(KernelError::Shape(format!(
+                "{name}: a {}×{} view with strides ({}, {}) does not fit in {} elements",
+                self.rows, self.cols, self.row_stride, self.col_stride, self.data.len()
+            ))),
+        }
+    }
+}
+
+/// `c = a·b`, or `c += a·b` with `accumulate`, on the calling thread: `c` is
+/// row-major and contiguous, `a` and `b` any [`MatrixView`]s.
+pub fn product_on_this_thread<T: Element>(c: &mut [T], a: MatrixView<'_, T>, b: MatrixView<'_, T>, accumulate: bool) -> Result<(), KernelError> {
+    a.check("A")?;
+    b.check("B")?;
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k {
+        return Err(KernelError::Shape(format!("inner dimensions differ: A is {m}×{k} and B is {}×{n}", b.rows)));
+    }
+    if c.len() != checked_product(&[m, n], "C")? {
+        return Err(KernelError::Shape(format!("C holds {} elements, the {m}×{n} product needs {}", c.len(), m * n)));
+    }
+    if m == 0 || n == 0 || (k == 0 && accumulate) {
+        return Ok(());
+    }
+    if k == 0 {
+        c.fill(T::ZERO);
+        return Ok(());
+    }
+    // SAFETY: `check` proved that the strides address only elements of `a`
+    // and `b`, and `c` holds exactly m·n.
+    unsafe {
+        gemm::gemm(
+            m, n, k,
+            c.as_mut_ptr(), 1, n as isize, accumulate,
+            a.data.as_ptr(), a.col_stride as isize, a.row_stride as isize,
+            b.data.as_ptr(), b.col_stride as isize, b.row_stride as isize,
+            T::ONE, T::ONE,
+            false, false, false,
+            Parallelism::None,
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,12 +5,14 @@
 //! the processor supports, so that each kernel can pick its vector path at
 //! run time.
 
+pub mod conv;
 pub mod cpu;
 pub mod error;
 pub mod ffi;
 pub mod gemm;
 pub mod noise;
 pub mod quant;
+pub mod scratch;
 pub mod softmax;
 pub mod vmath;
 

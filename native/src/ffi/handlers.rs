@@ -5,6 +5,7 @@ use rayon::prelude::*;
 
 use super::api::{dtype, XLA_FFI_CallFrame, XLA_FFI_Error};
 use super::{dispatch, dtype_name, Buffer, Call};
+use crate::conv::Conv2d;
 use crate::error::{checked_product, KernelError};
 use crate::gemm::{batched_matmul, split_matrix_shape, Element, MatmulShape, Op};
 use crate::noise::standard_normal_per_seed;
@@ -81,6 +82,87 @@ fn matmul(call: &Call<'_>) -> Result<(), KernelError> {
 #[no_mangle]
 pub unsafe extern "C" fn lumijax_matmul(frame: *mut XLA_FFI_CallFrame) -> *mut XLA_FFI_Error {
     dispatch(frame, matmul)
+}
+
+/// The convolution of a call: the NHWC `image` buffer (the input or its
+/// gradient) and the integer attributes `kernel_h`, `kernel_w`, `stride_h`,
+/// `stride_w`, `pad_top`, `pad_bottom`, `pad_left`, `pad_right`; with the
+/// output channels, read from `out` `(N, H', W', cout)`, whose shape is
+/// checked against the geometry.
+fn conv_geometry(call: &Call<'_>, image: &Buffer<'_>, out: &Buffer<'_>) -> Result<(Conv2d, usize), KernelError> {
+    let attr = |name: &str| -> Result<usize, KernelError> {
+        let v = call.attr_i64(name)?;
+        usize::try_from(v).map_err(|_| KernelError::Value(format!("{name} must be ≥ 0, got {v}")))
+    };
+    let input: [usize; 4] = image.shape()?.try_into().map_err(|_| {
+        KernelError::Shape(format!("images must be NHWC (4 axes), got shape {:?}", image.dims))
+    })?;
+    let conv = Conv2d::new(
+        input,
+        [attr("kernel_h")?, attr("kernel_w")?],
+        [attr("stride_h")?, attr("stride_w")?],
+        [[attr("pad_top")?, attr("pad_bottom")?], [attr("pad_left")?, attr("pad_right")?]],
+    )?;
+    let out_shape = out.shape()?;
+    match out_shape.as_slice() {
+        &[n, oh, ow, cout] if [n, oh, ow] == [input[0], conv.out_hw[0], conv.out_hw[1]] => Ok((conv, cout)),
+        _ => Err(KernelError::Shape(format!(
+            "the output must be ({}, {}, {}, cout), got {out_shape:?}",
+            input[0], conv.out_hw[0], conv.out_hw[1]
+        ))),
+    }
+}
+
+/// Fails unless every buffer is f32 and none aliases another.
+fn expect_distinct_f32(buffers: &[(&Buffer<'_>, &str)]) -> Result<(), KernelError> {
+    for (i, (buffer, name)) in buffers.iter().enumerate() {
+        buffer.expect_dtype(dtype::F32, &format!("float32 ({name})"))?;
+        if buffers[..i].iter().any(|(other, _)| other.aliases(buffer)) {
+            return Err(KernelError::Shape(format!("{name} aliases another operand")));
+        }
+    }
+    Ok(())
+}
+
+fn conv2d(call: &Call<'_>) -> Result<(), KernelError> {
+    let (x, kernel, y) = (call.arg(0)?, call.arg(1)?, call.ret(0)?);
+    expect_distinct_f32(&[(&x, "x"), (&kernel, "the kernel"), (&y, "y")])?;
+    let (conv, cout) = conv_geometry(call, &x, &y)?;
+    // SAFETY: f32 buffers owned by XLA for the call, the result aliasing none.
+    unsafe { conv.forward(x.as_slice()?, kernel.as_slice()?, cout, y.as_mut_slice()?) }
+}
+
+fn conv2d_backward(call: &Call<'_>) -> Result<(), KernelError> {
+    let (x, kernel, dy, dx, dk) = (call.arg(0)?, call.arg(1)?, call.arg(2)?, call.ret(0)?, call.ret(1)?);
+    expect_distinct_f32(&[(&x, "x"), (&kernel, "the kernel"), (&dy, "dy"), (&dx, "dx"), (&dk, "dk")])?;
+    same_shape(&x, &dx, ("x", "dx"))?;
+    same_shape(&kernel, &dk, ("the kernel", "dk"))?;
+    let (conv, cout) = conv_geometry(call, &x, &dy)?;
+    // SAFETY: as `conv2d`.
+    unsafe {
+        conv.backward_input(dy.as_slice()?, kernel.as_slice()?, cout, dx.as_mut_slice()?)?;
+        conv.backward_kernel(x.as_slice()?, dy.as_slice()?, cout, dk.as_mut_slice()?)
+    }
+}
+
+/// `lumijax_conv2d`: `y = conv(x, kernel)` for NHWC f32 images `x` and a
+/// kernel `(kh·kw·C, cout)` in patch order; attributes as [`conv_geometry`].
+///
+/// # Safety
+/// Called by XLA with a valid call frame.
+#[no_mangle]
+pub unsafe extern "C" fn lumijax_conv2d(frame: *mut XLA_FFI_CallFrame) -> *mut XLA_FFI_Error {
+    dispatch(frame, conv2d)
+}
+
+/// `lumijax_conv2d_backward`: `(dx, dk)` from `(x, kernel, dy)`, one after
+/// the other on all threads; attributes as the forward.
+///
+/// # Safety
+/// Called by XLA with a valid call frame.
+#[no_mangle]
+pub unsafe extern "C" fn lumijax_conv2d_backward(frame: *mut XLA_FFI_CallFrame) -> *mut XLA_FFI_Error {
+    dispatch(frame, conv2d_backward)
 }
 
 /// Reads `(…, T, S)` f32 rows, the `scale` and `offset` attributes.

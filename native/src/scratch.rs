@@ -11,7 +11,7 @@ thread_local! {
 /// Runs `f` on this thread's scratch buffer, or on a fresh one when the
 /// buffer is in use further up this thread's stack (rayon may run another
 /// task on a thread that waits inside a parallel loop).
-pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
+pub fn with_scratch<R>(f: impl FnOnce(&mut Vec<f32>) -> R) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buffer) => f(&mut buffer),
         Err(_) => f(&mut Vec::new()),

@@ -43,7 +43,7 @@ def complex_gemm(rows: list) -> None:
         b = (rng.standard_normal((batch, k, n)) + 1j * rng.standard_normal((batch, k, n))).astype(np.complex64)
         ja, jb = jnp.asarray(a), jnp.asarray(b)
         ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        native = jax.jit(kernels.complex_matmul)
+        native = jax.jit(kernels.matmul)
         xla = jax.jit(jnp.matmul)
         rounds = 3 if m >= 2048 else (7 if m >= 1024 else 25)
         t = compare({

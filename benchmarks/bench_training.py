@@ -6,7 +6,7 @@ On each network, the same batch and Adam (learning rate 1e-4):
 * ``torch``: float training of the torch model (the floor);
 * ``lumijax ideal``, ``expected`` and ``noisy``: the converted model (4-bit
   weights, DACs and ADCs, 16-channel banks at 0.4 nm) through
-  :func:`lumijax.tune.step_function`, the step :func:`lumijax.tune.finetune`
+  :class:`lumijax.tune.TrainingStep`, the step :func:`lumijax.tune.finetune`
   runs;
 * ``torchonn``: pytorch-onn 0.0.8's MZI block layers (``MZIBlockConv2d``/
   ``Linear``, 16×16 blocks, 4-bit inputs and phases, phase noise σ = 0.02
@@ -121,11 +121,12 @@ def lumijax_contender(torch_model, x, y, mode):
         loss, accuracy = tune.cross_entropy(model(x), y)
         return loss, (loss, accuracy)
 
-    train_step = tune.step_function(loss_fn)
-    infer = nnx.jit(lambda model, x: model(x))
+    train_step = tune.TrainingStep(loss_fn, model, optimizer)  # as tune.finetune runs it
+    graphdef = nnx.graphdef(model)
+    forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+    infer = lambda x: forward(train_step.state[0], x)  # the model's state, as the step leaves it
     x, y, key = jnp.asarray(x), jnp.asarray(y), jax.random.key(0)
-    return (lambda: jax.block_until_ready(train_step(model, optimizer, None, x, y, key)),
-            lambda: jax.block_until_ready(infer(model, x)))
+    return (lambda: jax.block_until_ready(train_step(x, y, key)), lambda: jax.block_until_ready(infer(x)))
 
 
 def _replace_modules(model, make):

@@ -42,19 +42,27 @@ if native_enabled():
     _register()
 
 
+def _sharded(x: Array) -> bool:
+    """Whether ``x``'s type splits an axis over a mesh (explicit sharding)."""
+    spec = getattr(jax.typeof(x).sharding, "spec", ())
+    return any(axis is not None for axis in spec)
+
+
 def _dispatch(native_impl: Callable, reference_impl: Callable, *args: Array) -> Array:
-    """The native kernel on CPU, the reference elsewhere or when disabled."""
-    if not native_enabled():
+    """The native kernel on CPU, the reference elsewhere, when disabled, or
+    for operands split over an explicit mesh (XLA partitions the reference;
+    a kernel sees one device's whole arrays)."""
+    if not native_enabled() or any(_sharded(x) for x in args):
         return reference_impl(*args)
     return jax.lax.platform_dependent(*args, cpu=native_impl, default=reference_impl)
 
 
 # ---------------------------------------------------------------------------
-# Complex (and real) batched matrix product
+# Batched matrix product (real and complex)
 
 
-def complex_matmul_reference(a: Array, b: Array) -> Array:
-    """``a @ b`` in jnp at full precision: the reference for :func:`complex_matmul`."""
+def matmul_reference(a: Array, b: Array) -> Array:
+    """``a @ b`` in jnp at full precision: the reference for :func:`matmul`."""
     return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
@@ -64,11 +72,11 @@ def _matmul_call(a: Array, b: Array, op_a: int, op_b: int) -> Array:
     The operands get the same number of batch axes first, so that the axis
     ``vmap`` prepends lines up in the kernel's right-aligned broadcasting.
     """
-    m = a.shape[-1] if op_a else a.shape[-2]
-    n = b.shape[-2] if op_b else b.shape[-1]
     batch = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     a = a.reshape((1,) * (len(batch) + 2 - a.ndim) + a.shape)
     b = b.reshape((1,) * (len(batch) + 2 - b.ndim) + b.shape)
+    m = a.shape[-1] if op_a else a.shape[-2]
+    n = b.shape[-2] if op_b else b.shape[-1]
     out = jax.ShapeDtypeStruct((*batch, m, n), a.dtype)
     call = jax.ffi.ffi_call("lumijax_matmul", out, vmap_method="broadcast_all")
     return call(a, b, op_a=np.int64(op_a), op_b=np.int64(op_b))
@@ -77,7 +85,7 @@ def _matmul_call(a: Array, b: Array, op_a: int, op_b: int) -> Array:
 def _product_reference(a: Array, b: Array, op_a: int, op_b: int) -> Array:
     a = jnp.swapaxes(a, -1, -2) if op_a else a
     b = jnp.swapaxes(b, -1, -2) if op_b else b
-    return complex_matmul_reference(a, b)
+    return matmul_reference(a, b)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -126,39 +134,41 @@ def _unbroadcast(grad: Array, shape: tuple[int, ...]) -> Array:
     return grad.sum(axis=axes, keepdims=True) if axes else grad
 
 
-def _check_matmul_operands(a: Array, b: Array) -> tuple[Array, Array]:
+def _check_matmul_operands(a: Array, b: Array, transpose_b: bool) -> tuple[Array, Array]:
     a, b = jnp.asarray(a), jnp.asarray(b)
     if a.ndim < 2 or b.ndim < 2:
+        raise ValueError(f"matmul needs operands of rank ≥ 2, got shapes {a.shape} and {b.shape}")
+    inner = b.shape[-1] if transpose_b else b.shape[-2]
+    if a.shape[-1] != inner:
         raise ValueError(
-            f"complex_matmul needs operands of rank ≥ 2, got shapes {a.shape} and {b.shape}"
-        )
-    if a.shape[-1] != b.shape[-2]:
-        raise ValueError(
-            f"complex_matmul: inner dimensions differ, a is {a.shape} and b is {b.shape} "
-            f"({a.shape[-1]} ≠ {b.shape[-2]})"
+            f"matmul: inner dimensions differ, a is {a.shape} and b{'ᵀ' if transpose_b else ''} is {b.shape} "
+            f"({a.shape[-1]} ≠ {inner})"
         )
     dtype = jnp.promote_types(a.dtype, b.dtype)
     if dtype not in _MATMUL_DTYPES:
-        raise TypeError(
-            f"complex_matmul takes float32, float64, complex64 or complex128 operands, "
-            f"got {a.dtype} and {b.dtype}"
-        )
+        raise TypeError(f"matmul takes float32, float64, complex64 or complex128 operands, got {a.dtype} and {b.dtype}")
     try:
         jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2])
     except ValueError as err:
-        raise ValueError(
-            f"complex_matmul: batch axes {a.shape[:-2]} and {b.shape[:-2]} do not broadcast"
-        ) from err
+        raise ValueError(f"matmul: batch axes {a.shape[:-2]} and {b.shape[:-2]} do not broadcast") from err
     return a.astype(dtype), b.astype(dtype)
 
 
-def complex_matmul(a: Array, b: Array) -> Array:
-    """Batched ``a @ b`` on the native GEMM.
+def matmul(a: Array, b: Array, *, transpose_b: bool = False) -> Array:
+    """Batched ``a @ b`` (or ``a @ bᵀ`` over the last two axes) on the
+    native GEMM.
+
+    A matrix ``b`` multiplies every row of ``a`` in one product (``a``'s
+    leading axes fold into its rows, as in a linear layer); otherwise the
+    batch axes broadcast as in ``jnp.matmul`` and broadcast axes are strided
+    over by the kernel, never copied. Gradients are products of the same
+    kernel.
 
     Args:
-      a: shape ``(*batch_a, m, k)``; float32, float64, complex64 or complex128.
-      b: shape ``(*batch_b, k, n)``; batch axes broadcast as in ``jnp.matmul``
-        (broadcast axes are strided over by the kernel, never copied).
+      a: shape ``(*batch_a, m, k)``, or ``(..., k)`` when ``b`` is a
+        matrix; float32, float64, complex64 or complex128.
+      b: shape ``(*batch_b, k, n)``, or ``(*batch_b, n, k)`` with
+        ``transpose_b``.
 
     Returns:
       ``(*batch, m, n)`` in the promoted dtype of ``a`` and ``b``.
@@ -167,8 +177,14 @@ def complex_matmul(a: Array, b: Array) -> Array:
       ValueError: rank < 2, mismatched inner dimensions or batch axes.
       TypeError: a dtype other than the four above.
     """
-    a, b = _check_matmul_operands(a, b)
-    return _product(a, b, _IDENTITY, _IDENTITY)
+    if jnp.ndim(b) == 2 and jnp.ndim(a) not in (0, 2):
+        a = jnp.asarray(a)
+        rows = matmul(a.reshape(-1, a.shape[-1]), b, transpose_b=transpose_b)
+        return rows.reshape(a.shape[:-1] + rows.shape[-1:])
+    a, b = _check_matmul_operands(a, b, transpose_b)
+    if _sharded(a) or _sharded(b):  # XLA's product, partitioned and differentiated by JAX
+        return jnp.matmul(a, jnp.swapaxes(b, -1, -2) if transpose_b else b)
+    return _product(a, b, _IDENTITY, _TRANSPOSE if transpose_b else _IDENTITY)
 
 
 # ---------------------------------------------------------------------------

@@ -143,8 +143,8 @@ class PhotonicCore(nnx.Module):
             follows the slots.
         """
         if self.mode == "ideal":
-            return jnp.matmul(x, w) if lowering is None else lowering(x, w)
-        contract = jnp.matmul if lowering is None else functools.partial(lowering, exact=True)
+            return kernels.matmul(x, w) if lowering is None else lowering(x, w)
+        contract = kernels.matmul if lowering is None else functools.partial(lowering, exact=True)
         config = self.config()
         parts = [x] if lowering is None else lowering.dac_inputs(x)
         if observe:
@@ -173,23 +173,27 @@ class PhotonicCore(nnx.Module):
             self.output_range.set_value(self.estimator.update(self.output_range.get_value(), y))
         return quant.fake_convert(y, self._full_scale([y], self.output_range.get_value()), self.output_bits)
 
-    def pairwise(self, a: Array, b: Array) -> Array:
-        """``a·bᵀ`` over the last two axes, batched over the leading ones,
-        with both operands activations (each set through the DACs).
+    def pairwise(self, a: Array, b: Array, *, transpose_b: bool = False) -> Array:
+        """``a·b`` (or ``a·bᵀ``) over the last two axes, batched over the
+        leading ones, with both operands activations: ``b`` is programmed
+        into the banks of each product, ``a`` set through the DACs.
 
         Args:
           a: ``(..., m, k)``.
-          b: ``(..., n, k)``, with the same leading axes as ``a``.
+          b: ``(..., k, n)``, or ``(..., n, k)`` with ``transpose_b``, with
+            the same leading axes as ``a``.
         """
         if self.mode == "ideal":
-            return jnp.matmul(a, b.swapaxes(-1, -2))
+            return kernels.matmul(a, b, transpose_b=transpose_b)
         lead = a.shape[:-2]
         flat_a, flat_b = a.reshape((-1,) + a.shape[-2:]), b.reshape((-1,) + b.shape[-2:])
+        if transpose_b:
+            flat_b = flat_b.swapaxes(-1, -2)
         if self.mode == "noisy":
             keys = jax.random.split(self.rngs.noise(), flat_a.shape[0])
-            y = jax.vmap(lambda a, b, key: self.product(a, b.T, key=key))(flat_a, flat_b, keys)
+            y = jax.vmap(lambda a, b, key: self.product(a, b, key=key))(flat_a, flat_b, keys)
         else:
-            y = jax.vmap(lambda a, b: self.product(a, b.T))(flat_a, flat_b)
+            y = jax.vmap(self.product)(flat_a, flat_b)
         return y.reshape(lead + y.shape[-2:])
 
 
@@ -206,7 +210,7 @@ def attention(
       mask: broadcastable to ``(..., T, S)``; boolean (True = visible) or
         additive float.
     """
-    scores = core.pairwise(q, k).astype(jnp.float32)
+    scores = core.pairwise(q, k, transpose_b=True).astype(jnp.float32)
     t, s = scores.shape[-2:]
     if causal and mask is None and t == s:
         probs = kernels.causal_softmax(scores, scale)
@@ -217,7 +221,7 @@ def attention(
         if mask is not None:
             logits = jnp.where(mask, logits, -jnp.inf) if mask.dtype == jnp.bool_ else logits + mask
         probs = jax.nn.softmax(logits, axis=-1)
-    return core.pairwise(probs.astype(v.dtype), v.swapaxes(-1, -2))
+    return core.pairwise(probs.astype(v.dtype), v)
 
 
 def photonic_cores(model: nnx.Module) -> list[PhotonicCore]:
@@ -339,7 +343,7 @@ class OpticalLinear(QuantizedWeights):
 
     def __call__(self, x: Array, *, observe: bool = False) -> Array:
         if self.core.mode == "ideal":
-            y = jnp.matmul(x, self.kernel[...])
+            y = kernels.matmul(x, self.kernel[...])
         else:
             y = self._on_core(x, self.kernel[...], observe)
         return y + self.bias[...] if self.bias is not None else y
@@ -361,7 +365,7 @@ class TiedOpticalLinear(QuantizedWeights):
 
     def __call__(self, x: Array, *, observe: bool = False) -> Array:
         if self.core.mode == "ideal":
-            return jnp.matmul(x, self.weight_matrix().T)
+            return kernels.matmul(x, self.weight_matrix(), transpose_b=True)
         return self._on_core(x, self.weight_matrix().T, observe)
 
     def weight_matrix(self) -> Array:
@@ -472,7 +476,7 @@ class ComplexOpticalLinear(nnx.Module):
         return (a * jnp.exp(1j * phi)).astype(self.dtype)
 
     def __call__(self, x: Array) -> Array:
-        return kernels.complex_matmul(jnp.asarray(x, self.dtype), self.weight().T)
+        return kernels.matmul(jnp.asarray(x, self.dtype), self.weight().T)
 
 
 class PhotonicAttention(nnx.Module):

@@ -315,24 +315,53 @@ def _place(mesh: Mesh | None, *objects: nnx.Object) -> Callable[[np.ndarray], An
     return lambda x: jax.device_put(x, batch)
 
 
-def step_function(loss_fn: Callable, prepare: Callable | None = None) -> Callable:
-    """The jitted optimizer step of tuning, ``step(module, opt, teacher, x,
-    y, key) → (loss, task loss, accuracy)``: ``prepare(teacher, x, y, key)``
-    (default: none) turns the batch into the inputs and targets of
+class TrainingStep:
+    """The optimizer step of tuning, jitted over the state of ``module``,
+    its optimizer ``opt`` and an optional ``teacher`` as one pytree.
+
+    ``step(x, y, key) → (loss, task loss, accuracy)``: ``prepare(teacher, x,
+    y, key)`` (default: none) turns the batch into the inputs and targets of
     ``loss_fn(module, x, targets) → (loss, (task loss, accuracy))``, whose
-    gradient with respect to :data:`WEIGHTS_AND_SCALES` the optimizer
-    ``opt`` (an ``nnx.Optimizer`` of ``module``) applies in place."""
+    gradient with respect to :data:`WEIGHTS_AND_SCALES` the optimizer applies.
 
-    @nnx.jit
-    def step(module, opt, teacher, x, y, key):
-        if prepare is not None:
-            x, y = prepare(teacher, x, y, key)
-        grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, WEIGHTS_AND_SCALES), has_aux=True)
-        (loss, (task, accuracy)), grads = grad_fn(module, x, y)
-        opt.update(module, grads)
-        return loss, task, accuracy
+    The objects are split once (``nnx.split``) and merged only while the
+    step is traced, so a step costs one call of a jitted function on arrays,
+    whatever the number of variables. The step works on its own copy of the
+    state of ``module`` and ``opt``, donated to each step and updated in
+    place (arrays the objects share with others, as clones do, are never
+    touched); :meth:`sync` writes it into the objects, which keep their
+    state from before the first step until then.
+    """
 
-    return step
+    def __init__(self, loss_fn: Callable, module: nnx.Module, opt: nnx.Optimizer, teacher: nnx.Module | None = None,
+                 prepare: Callable | None = None):
+        self._objects = (module, opt)
+        self._teacher = teacher
+        self._graphdef, state = nnx.split(self._objects)
+        self.state = jax.tree.map(jnp.copy, state)
+        teacher_graphdef, self._teacher_state = nnx.split(teacher)
+
+        def step(state, teacher_state, x, y, key):
+            module, opt = nnx.merge(self._graphdef, state)
+            teacher = nnx.merge(teacher_graphdef, teacher_state)
+            if prepare is not None:
+                x, y = prepare(teacher, x, y, key)
+            grad_fn = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, WEIGHTS_AND_SCALES), has_aux=True)
+            (loss, (task, accuracy)), grads = grad_fn(module, x, y)
+            opt.update(module, grads)
+            return nnx.state((module, opt)), nnx.state(teacher), (loss, task, accuracy)
+
+        self._step = jax.jit(step, donate_argnums=0)
+
+    def __call__(self, x: Array, y: Array, key: Array) -> tuple[Array, Array, Array]:
+        self.state, self._teacher_state, values = self._step(self.state, self._teacher_state, x, y, key)
+        return values
+
+    def sync(self) -> None:
+        """Writes the current state into the module, optimizer and teacher."""
+        nnx.update(self._objects, self.state)
+        if self._teacher is not None:
+            nnx.update(self._teacher, self._teacher_state)
 
 
 def _train(module: nnx.Module, loss_fn: Callable, data: Data, optimizer: optax.GradientTransformation, steps: int,
@@ -349,23 +378,42 @@ def _train(module: nnx.Module, loss_fn: Callable, data: Data, optimizer: optax.G
     module.eval()  # batch norms on their running statistics
     opt = nnx.Optimizer(module, optimizer, wrt=WEIGHTS_AND_SCALES)
     place = _place(mesh, module, opt, *([] if teacher is None else [teacher]))
-    step = step_function(loss_fn, prepare)
+    step = TrainingStep(loss_fn, module, opt, teacher, prepare)
     history = History()
     keys = jax.random.split(jax.random.key(seed), steps)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.3f} acc {task.fields[accuracy]:.1%}"), TimeRemainingColumn())
     with Progress(*columns, disable=not progress, transient=True) as bar:
         task_id = bar.add_task(description, total=steps, loss=float("nan"), accuracy=0.0)
-        for key, (x, y) in zip(keys, batches(data, batch_size, seed)):
-            loss, task, accuracy = (float(v) for v in step(module, opt, teacher, place(x), place(y), key))
+
+        def record(values: tuple[Array, ...]) -> None:
+            loss, task, accuracy = (float(v) for v in values)
             if not np.isfinite(loss):
                 raise FloatingPointError(f"the loss became {loss} at step {len(history.loss)}; lower the learning rate")
             history.loss.append(loss)
             history.task_loss.append(task)
             history.accuracy.append(accuracy)
-            if after_step is not None:
-                after_step(module, history)
             bar.update(task_id, advance=1, loss=loss, accuracy=accuracy)
+
+        # A step's numbers are read once the next step is dispatched, so the
+        # host prepares one step while the device runs the other; with an
+        # ``after_step``, which reads the module, each step is read at once.
+        pending = None
+        try:
+            for key, (x, y) in zip(keys, batches(data, batch_size, seed)):
+                values = step(place(x), place(y), key)
+                if pending is not None:
+                    record(pending)
+                pending = values
+                if after_step is not None:
+                    record(pending)
+                    pending = None
+                    step.sync()
+                    after_step(module, history)
+            if pending is not None:
+                record(pending)
+        finally:
+            step.sync()
     return history
 
 

@@ -2,6 +2,7 @@
 
 import shutil
 import subprocess
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -60,7 +61,7 @@ def test_rust_mirror_matches_the_installed_c_header(tmp_path):
 def test_matmul_matches_numpy(dtype, shape_a, shape_b):
     a, b = sample(shape_a, dtype), sample(shape_b, dtype)
     with jax.enable_x64(np.dtype(dtype).itemsize in (8, 16) and dtype != np.complex64):
-        got = np.asarray(kernels.complex_matmul(a, b))
+        got = np.asarray(kernels.matmul(a, b))
     want = np.matmul(a.astype(np.complex128), b.astype(np.complex128))
     assert got.dtype == dtype and got.shape == want.shape
     scale = np.abs(a).max() * np.abs(b).max() * shape_a[-1]
@@ -69,19 +70,19 @@ def test_matmul_matches_numpy(dtype, shape_a, shape_b):
 
 def test_matmul_runs_the_native_kernel():
     a = sample((3, 4, 5), np.complex64)
-    assert uses_custom_call(kernels.complex_matmul, a, a.swapaxes(-1, -2), target="lumijax_matmul")
+    assert uses_custom_call(kernels.matmul, a, a.swapaxes(-1, -2), target="lumijax_matmul")
 
 
 def test_matmul_of_transposed_views():
     a = sample((9, 7), np.complex64)
     b = sample((5, 9), np.complex64)
-    got = kernels.complex_matmul(jnp.asarray(a).T, jnp.asarray(b).T)
+    got = kernels.matmul(jnp.asarray(a).T, jnp.asarray(b).T)
     np.testing.assert_allclose(got, a.T @ b.T, atol=1e-4)
 
 
 def test_matmul_promotes_mixed_dtypes():
     a, b = sample((3, 4), np.float32), sample((4, 2), np.complex64)
-    got = kernels.complex_matmul(a, b)
+    got = kernels.matmul(a, b)
     assert got.dtype == jnp.complex64
     np.testing.assert_allclose(got, a @ b, atol=1e-5)
 
@@ -91,7 +92,7 @@ def test_matmul_propagates_nan_and_inf_like_numpy():
     b = sample((6, 3), np.float32)
     a[1, 2] = np.nan
     b[0, 2] = np.inf
-    got = np.asarray(kernels.complex_matmul(a, b))
+    got = np.asarray(kernels.matmul(a, b))
     with np.errstate(invalid="ignore"):
         want = a @ b
     np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
@@ -107,8 +108,8 @@ def test_matmul_gradients_match_the_jnp_reference(dtype):
         return lambda a, b: jnp.sum(jnp.abs(matmul(a, b) - target) ** 2)
 
     with jax.enable_x64(dtype == np.complex128):
-        got = jax.grad(loss(kernels.complex_matmul), argnums=(0, 1))(a, b)
-        want = jax.grad(loss(kernels.complex_matmul_reference), argnums=(0, 1))(a, b)
+        got = jax.grad(loss(kernels.matmul), argnums=(0, 1))(a, b)
+        want = jax.grad(loss(kernels.matmul_reference), argnums=(0, 1))(a, b)
     for g, w in zip(got, want):
         assert g.shape == w.shape
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
@@ -117,22 +118,44 @@ def test_matmul_gradients_match_the_jnp_reference(dtype):
 def test_matmul_gradients_match_finite_differences():
     a, b = sample((2, 3, 4), np.complex128), sample((1, 4, 2), np.complex128)
     with jax.enable_x64(True):
-        check_grads(kernels.complex_matmul, (a, b), order=2, modes=("rev",))
+        check_grads(kernels.matmul, (a, b), order=2, modes=("rev",))
 
 
 def test_matmul_under_vmap_and_jit():
     a, b = sample((6, 3, 5, 4), np.complex64), sample((4, 2), np.complex64)
-    f = jax.jit(jax.vmap(kernels.complex_matmul, in_axes=(0, None)))
+    f = jax.jit(jax.vmap(kernels.matmul, in_axes=(0, None)))
     np.testing.assert_allclose(f(a, b), a @ b, atol=1e-4)
-    g = jax.jit(jax.vmap(jax.vmap(kernels.complex_matmul, in_axes=(None, 0)), in_axes=(0, None)))
+    g = jax.jit(jax.vmap(jax.vmap(kernels.matmul, in_axes=(None, 0)), in_axes=(0, None)))
     bs = sample((3, 4, 2), np.complex64)
     np.testing.assert_allclose(g(a[:, 0], bs), np.einsum("vmk,wkn->vwmn", a[:, 0], bs), atol=1e-4)
+
+
+def test_matmul_folds_rows_and_transposes_b():
+    # A matrix b multiplies every row of a (a linear layer), b may come transposed;
+    # values and both gradients against numpy / the jnp reference.
+    a, w = sample((2, 3, 5, 7), np.float32), sample((7, 4), np.float32)
+    assert uses_custom_call(kernels.matmul, a, w, target="lumijax_matmul")
+    np.testing.assert_allclose(kernels.matmul(a, w), a @ w, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kernels.matmul(a[0, 0, 0], w), a[0, 0, 0] @ w, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(kernels.matmul(a, w.T.copy(), transpose_b=True), a @ w, rtol=1e-5, atol=1e-5)
+    keys = sample((2, 3, 6, 7), np.float32)
+    np.testing.assert_allclose(kernels.matmul(a, keys, transpose_b=True), a @ keys.swapaxes(-1, -2), rtol=1e-5,
+                               atol=1e-5)
+    loss = lambda f: lambda a, b: jnp.sum(jnp.sin(f(a, b)))
+    for b, f, ref in ((w, kernels.matmul, kernels.matmul_reference),
+                      (keys, partial(kernels.matmul, transpose_b=True),
+                       lambda a, b: kernels.matmul_reference(a, b.swapaxes(-1, -2)))):
+        got = jax.grad(loss(f), argnums=(0, 1))(a, b)
+        want = jax.grad(loss(ref), argnums=(0, 1))(a, b)
+        for g, r in zip(got, want):
+            np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(
     "a,b,error,match",
     [
-        (np.ones(3, np.float32), np.ones((3, 2), np.float32), ValueError, "rank ≥ 2"),
+        (np.ones(3, np.float32), np.ones((1, 3, 2), np.float32), ValueError, "rank ≥ 2"),
+        (np.ones((2, 3), np.float32), np.ones((2, 4), np.float32), ValueError, "inner dimensions differ"),
         (np.ones((2, 3), np.float32), np.ones((4, 2), np.float32), ValueError, "inner dimensions differ"),
         (np.ones((2, 3), np.int32), np.ones((3, 2), np.int32), TypeError, "int32"),
         (np.ones((2, 2, 3), np.float32), np.ones((3, 3, 2), np.float32), ValueError, "do not broadcast"),
@@ -141,11 +164,11 @@ def test_matmul_under_vmap_and_jit():
 )
 def test_matmul_bad_input_raises(a, b, error, match):
     if error is None:  # empty dimensions are valid and give an empty result
-        assert kernels.complex_matmul(a, b).shape == (0, 2)
-        assert np.all(np.asarray(kernels.complex_matmul(np.ones((2, 0)), np.ones((0, 3)))) == 0)
+        assert kernels.matmul(a, b).shape == (0, 2)
+        assert np.all(np.asarray(kernels.matmul(np.ones((2, 0)), np.ones((0, 3)))) == 0)
         return
     with pytest.raises(error, match=match):
-        kernels.complex_matmul(a, b)
+        kernels.matmul(a, b)
 
 
 def test_ffi_error_path_reports_through_jax():
@@ -162,8 +185,8 @@ def test_ffi_error_path_reports_through_jax():
 def test_reference_path_when_native_is_disabled(monkeypatch):
     a = sample((3, 4), np.complex64)
     monkeypatch.setenv("LUMIJAX_NATIVE", "0")
-    assert not uses_custom_call(kernels.complex_matmul, a, a.T, target="lumijax_matmul")
-    np.testing.assert_allclose(kernels.complex_matmul(a, a.T), a @ a.T, atol=1e-5)
+    assert not uses_custom_call(kernels.matmul, a, a.T, target="lumijax_matmul")
+    np.testing.assert_allclose(kernels.matmul(a, a.T), a @ a.T, atol=1e-5)
 
 
 # --- fused causal softmax -------------------------------------------------

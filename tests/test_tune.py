@@ -57,6 +57,15 @@ def test_finetune_lowers_the_loss_under_noise():
     assert all(core.mode == "noisy" for core in layers.photonic_cores(model))
 
 
+def test_finetune_stops_on_a_non_finite_loss():
+    x, y = digits(64)
+    model = small_model()
+    # step 0's loss comes before the first (NaN) update; step 1's is NaN
+    with pytest.raises(FloatingPointError, match="the loss became nan at step 1"):
+        tune.finetune(model, (x, y), optimizer=optax.sgd(float("nan")), steps=3, batch_size=32, mode="ideal",
+                      progress=False)
+
+
 def test_finetune_draws_fresh_noise_every_step():
     # Same batch twice on a frozen model: a noisy loss differs, an expected one does not.
     x, y = digits(64)

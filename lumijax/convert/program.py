@@ -220,11 +220,11 @@ class TorchProgram(nnx.Module):
             return y
         a, b = args["self"], args["mat2"] if "mat2" in args else args["other"]
         if b.ndim == 1:
-            return unit.pairwise(a, b[None, :])[..., 0]
+            return unit.pairwise(a, jnp.broadcast_to(b[:, None], a.shape[:-2] + (b.shape[0], 1)))[..., 0]
         a = a[None, :] if a.ndim == 1 else a
         lead = jnp.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         a = jnp.broadcast_to(a, lead + a.shape[-2:])
         b = jnp.broadcast_to(b, lead + b.shape[-2:])
-        y = unit.pairwise(a, b.swapaxes(-1, -2))
+        y = unit.pairwise(a, b)
         return y[..., 0, :] if args["self"].ndim == 1 else y
 

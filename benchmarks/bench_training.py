@@ -5,7 +5,8 @@ On each network, the same batch and Adam (learning rate 1e-4):
 
 * ``torch``: float training of the torch model (the floor);
 * ``lumijax ideal``, ``expected`` and ``noisy``: the converted model (4-bit
-  weights, DACs and ADCs, 16-channel banks at 0.4 nm) through
+  weights, DACs and ADCs, 16-channel banks at 0.4 nm; converter ranges
+  calibrated on the batch first, as before tuning) through
   :class:`lumijax.tune.TrainingStep`, the step :func:`lumijax.tune.finetune`
   runs;
 * ``torchonn``: pytorch-onn 0.0.8's MZI block layers (``MZIBlockConv2d``/
@@ -114,6 +115,8 @@ def torch_contender(model, x, y):
 def lumijax_contender(torch_model, x, y, mode):
     model = convert.from_torch_recipe(torch_model, hardware=HARDWARE, mode=mode, weight_bits=BITS)
     layers.set_mode(model, mode)
+    if mode != "ideal":  # converter ranges set once before tuning, as the tuning guide does it
+        tune.calibrate_ranges(model, x)
     model.eval()
     optimizer = nnx.Optimizer(model, optax.adam(LEARNING_RATE), wrt=tune.WEIGHTS_AND_SCALES)
 

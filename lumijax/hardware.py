@@ -300,18 +300,53 @@ def _per_tile(kernel: Array, config: HardwareConfig, ring_detuning_nm, left) -> 
     detuning = None if ring_detuning_nm is None else jnp.broadcast_to(jnp.asarray(ring_detuning_nm), (n,))
     parts = []
     if full:
-        tiles = full // n
-        blocks = kernel[:full].reshape(tiles, n, out)
-        # One (N, N)·(N, out) product per tile, as a batched dot (XLA:CPU
-        # runs it as a batch of small GEMMs, without transposing the kernel).
-        lefts = jnp.broadcast_to(left(detuning, n), (tiles, n, n))
-        dtype = jnp.result_type(lefts, blocks)
-        product = jax.lax.dot_general(lefts.astype(dtype), blocks.astype(dtype), (((2,), (1,)), ((0,), (0,))))
-        parts.append(product.reshape(full, out))
+        parts.append(_tile_product(left(detuning, n), kernel[:full].reshape(full // n, n, out)).reshape(full, out))
     if full < fan_in:
         rest = fan_in - full
         parts.append(left(None if detuning is None else detuning[:rest], rest) @ kernel[full:])
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=0)
+
+
+def _tile_product(left: Array, blocks: Array) -> Array:
+    """``left·blocks[t]`` for every tile ``t``: ``left`` ``(n, n)``, ``blocks``
+    ``(tiles, n, out)`` → ``(tiles, n, out)``, as a batched dot (XLA:CPU runs
+    it as a batch of small GEMMs, without transposing the kernel)."""
+    dtype = jnp.result_type(left, blocks)
+    lefts = jnp.broadcast_to(left.astype(dtype), (blocks.shape[0],) + left.shape)
+    return jax.lax.dot_general(lefts, blocks.astype(dtype), (((2,), (1,)), ((0,), (0,))))
+
+
+@jax.custom_vjp
+def _peak_of_tile_product(left: Array, blocks: Array) -> Array:
+    """``max_{t,i} |(left·blocks[t])[i, o]|`` for each output ``o``: ``(out,)``.
+
+    Its gradient is the gradient of the entry that attains each maximum
+    (the first one on ties), computed from that entry alone: ``N`` values
+    per output instead of the transposed product over every weight.
+    """
+    return jnp.max(jnp.abs(_tile_product(left, blocks)), axis=(0, 1))
+
+
+def _peak_fwd(left: Array, blocks: Array):
+    product = _tile_product(left, blocks)
+    flat = product.reshape(-1, product.shape[-1])
+    where = jnp.argmax(jnp.abs(flat), axis=0)
+    peak = jnp.take_along_axis(flat, where[None], axis=0)[0]
+    return jnp.abs(peak), (left, blocks, where, jnp.sign(peak))
+
+
+def _peak_bwd(residuals, grad: Array):
+    left, blocks, where, sign = residuals
+    n = left.shape[0]
+    tile, row, column = where // n, where % n, jnp.arange(blocks.shape[-1])
+    weight = (grad * sign)[:, None]  # (out, 1)
+    read = blocks[tile, :, column]  # (out, n): the inputs of each peak's dot product
+    grad_left = jnp.zeros_like(left).at[row].add((weight * read).astype(left.dtype))
+    grad_blocks = jnp.zeros_like(blocks).at[tile, :, column].set((weight * left[row]).astype(blocks.dtype))
+    return grad_left, grad_blocks
+
+
+_peak_of_tile_product.defvjp(_peak_fwd, _peak_bwd)
 
 
 def effective_weights(
@@ -529,13 +564,27 @@ def program_bank(
     if not compensate:
         effective = _per_tile(kernel, config, ring_detuning_nm, functools.partial(coupling_matrix, config))
         return ProgrammedBank(effective, jnp.max(jnp.abs(kernel), axis=0))
-    programmed = _per_tile(kernel, config, None, functools.partial(_inverse_coupling, config))
     if ring_detuning_nm is None:
         effective = kernel
     else:
         transfer = lambda detuning, size: coupling_matrix(config, detuning, size) @ _inverse_coupling(config, None, size)
         effective = _per_tile(kernel, config, ring_detuning_nm, transfer)
-    return ProgrammedBank(effective, jnp.max(jnp.abs(programmed), axis=0))
+    return ProgrammedBank(effective, _programmed_peak(kernel, config))
+
+
+def _programmed_peak(kernel: Array, config: HardwareConfig) -> Array:
+    """The largest ``|W·(M₀ᵀ)⁻¹|`` of each output over the tiles of ``kernel``
+    ``(in, out)`` (the tiling of :func:`_per_tile`): ``(out,)``."""
+    n = config.num_channels
+    fan_in, out = kernel.shape
+    full = (fan_in // n) * n
+    peaks = []
+    if full:
+        peaks.append(_peak_of_tile_product(_inverse_coupling(config, None, n), kernel[:full].reshape(full // n, n, out)))
+    if full < fan_in:
+        rest = fan_in - full
+        peaks.append(_peak_of_tile_product(_inverse_coupling(config, None, rest), kernel[full:][None]))
+    return functools.reduce(jnp.maximum, peaks)
 
 
 def detector_noise_std(

@@ -98,19 +98,19 @@ class PhotonicCore(nnx.Module):
         return self.hardware.replace(channel_spacing_nm=self.channel_spacing_nm[...])
 
     @staticmethod
-    def _full_scale(parts: Sequence[Array], state: quant.RangeState) -> Array:
-        """The converter range: tracked once observed, else this batch's
+    def _setting(parts: Sequence[Array], state: quant.RangeState) -> tuple[Array, Array]:
+        """A converter's ``(full scale, signed)``: tracked once observed
+        (``lax.cond``: the batch is then not read), else this batch's
         ``max|x|`` over the finite entries of ``parts`` (an infinite input
-        saturates the converter; it does not set its range)."""
-        batch = functools.reduce(jnp.maximum, [jnp.max(jnp.where(jnp.isfinite(p), jnp.abs(p), 0.0)) for p in parts])
-        return jnp.where(state.count > 0, state.range, jax.lax.stop_gradient(batch))
+        saturates the converter; it does not set its range) and whether one
+        of ``parts`` holds a negative value."""
 
-    @staticmethod
-    def _input_signed(parts: Sequence[Array], state: quant.RangeState) -> Array:
-        """Whether the DAC needs signed codes: a negative input was observed
-        (else, before any observation, one of ``parts`` holds one)."""
-        batch = functools.reduce(jnp.minimum, [jnp.min(p) for p in parts])
-        return jnp.where(state.count > 0, state.signed, jax.lax.stop_gradient(batch) < 0)
+        def from_batch() -> tuple[Array, Array]:
+            peak = functools.reduce(jnp.maximum, [jnp.max(jnp.where(jnp.isfinite(p), jnp.abs(p), 0.0)) for p in parts])
+            low = functools.reduce(jnp.minimum, [jnp.min(p) for p in parts])
+            return jax.lax.stop_gradient(peak).astype(state.range.dtype), jax.lax.stop_gradient(low) < 0
+
+        return jax.lax.cond(state.count > 0, lambda: (state.range, state.signed), from_batch)
 
     def product(
         self,
@@ -150,9 +150,8 @@ class PhotonicCore(nnx.Module):
         if observe:
             stream = x if lowering is None else lowering.patches(x)
             self.input_range.set_value(self.estimator.update(self.input_range.get_value(), stream))
-        input_state = self.input_range.get_value()
-        full_scale = self._full_scale(parts, input_state)
-        x_q = quant.fake_convert(x, full_scale, self.input_bits, self._input_signed(parts, input_state))
+        full_scale, signed = self._setting(parts, self.input_range.get_value())
+        x_q = quant.fake_convert(x, full_scale, self.input_bits, signed)
         detuning = None
         if not (isinstance(self.drift_K, (int, float)) and self.drift_K == 0):
             drift = jnp.broadcast_to(jnp.asarray(self.drift_K, jnp.float32), (config.num_channels,))
@@ -171,7 +170,7 @@ class PhotonicCore(nnx.Module):
             y = y + sigma * kernels.standard_normal(key, y.shape, y.dtype)
         if observe:
             self.output_range.set_value(self.estimator.update(self.output_range.get_value(), y))
-        return quant.fake_convert(y, self._full_scale([y], self.output_range.get_value()), self.output_bits)
+        return quant.fake_convert(y, self._setting([y], self.output_range.get_value())[0], self.output_bits)
 
     def pairwise(self, a: Array, b: Array, *, transpose_b: bool = False) -> Array:
         """``a·b`` (or ``a·bᵀ``) over the last two axes, batched over the

@@ -121,3 +121,32 @@ def test_programmed_bank_tile_by_tile(compensate):
     if compensate:  # on the grid, compensation gives back W itself
         on_grid = hw.program_bank(jnp.asarray(w.T, jnp.float32), config, compensate=True)
         np.testing.assert_array_equal(on_grid.effective, np.asarray(w.T, np.float32))
+
+
+@pytest.mark.parametrize("fan_in", [48, 37, 5])  # whole tiles, a shorter last tile, one short tile
+def test_the_programmed_full_scale_and_its_gradient_follow_the_compensated_weights(fan_in):
+    # max |W·(M₀ᵀ)⁻¹| per output, from the tile-by-tile product in numpy; its
+    # gradient in the kernel and the channel spacing against JAX's own
+    # gradient of the dense formula (random weights: no ties).
+    config = hw.HardwareConfig(num_channels=16, channel_spacing_nm=0.3)
+    kernel = np.random.default_rng(fan_in).normal(size=(fan_in, 7)).astype(np.float32)
+    inverse = lambda c, n: np.linalg.inv(np.asarray(hw.coupling_matrix(c, None, n), np.float64))
+    programmed = np.concatenate([inverse(config, min(16, fan_in - s)) @ kernel[s:s + 16]
+                                 for s in range(0, fan_in, 16)])
+    bank = hw.program_bank(kernel, config, compensate=True)
+    np.testing.assert_allclose(bank.full_scale, np.abs(programmed).max(axis=0), rtol=1e-5)
+
+    def dense(kernel, spacing):
+        c = config.replace(channel_spacing_nm=spacing)
+        parts = [jnp.linalg.inv(hw.coupling_matrix(c, None, min(16, fan_in - s))) @ kernel[s:s + 16]
+                 for s in range(0, fan_in, 16)]
+        return jnp.sum(jnp.sin(jnp.max(jnp.abs(jnp.concatenate(parts)), axis=0)))
+
+    def peak(kernel, spacing):
+        bank = hw.program_bank(kernel, config.replace(channel_spacing_nm=spacing), compensate=True)
+        return jnp.sum(jnp.sin(bank.full_scale))
+
+    got = jax.grad(peak, argnums=(0, 1))(jnp.asarray(kernel), jnp.float32(0.3))
+    want = jax.grad(dense, argnums=(0, 1))(jnp.asarray(kernel), jnp.float32(0.3))
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)

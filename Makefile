@@ -42,7 +42,7 @@ demo: $(BUILD_STAMP)
 
 test: $(BUILD_STAMP) fuzz-smoke
 	cargo test --workspace
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 bench: $(BENCH_STAMP)
 	for bench in benchmarks/bench_*.py; do echo "== $$bench"; $(PY) "$$bench"; done

@@ -154,6 +154,7 @@ def _check_matmul_operands(a: Array, b: Array, transpose_b: bool) -> tuple[Array
     return a.astype(dtype), b.astype(dtype)
 
 
+@partial(jax.jit, static_argnames="transpose_b")  # eager calls compile once per shape
 def matmul(a: Array, b: Array, *, transpose_b: bool = False) -> Array:
     """Batched ``a @ b`` (or ``a @ bᵀ`` over the last two axes) on the
     native GEMM.

@@ -99,18 +99,15 @@ class PhotonicCore(nnx.Module):
 
     @staticmethod
     def _setting(parts: Sequence[Array], state: quant.RangeState) -> tuple[Array, Array]:
-        """A converter's ``(full scale, signed)``: tracked once observed
-        (``lax.cond``: the batch is then not read), else this batch's
-        ``max|x|`` over the finite entries of ``parts`` (an infinite input
-        saturates the converter; it does not set its range) and whether one
-        of ``parts`` holds a negative value."""
-
-        def from_batch() -> tuple[Array, Array]:
-            peak = functools.reduce(jnp.maximum, [jnp.max(jnp.where(jnp.isfinite(p), jnp.abs(p), 0.0)) for p in parts])
-            low = functools.reduce(jnp.minimum, [jnp.min(p) for p in parts])
-            return jax.lax.stop_gradient(peak).astype(state.range.dtype), jax.lax.stop_gradient(low) < 0
-
-        return jax.lax.cond(state.count > 0, lambda: (state.range, state.signed), from_batch)
+        """A converter's ``(full scale, signed)``: tracked once observed,
+        else this batch's ``max|x|`` over the finite entries of ``parts`` (an
+        infinite input saturates the converter; it does not set its range)
+        and whether one of ``parts`` holds a negative value."""
+        peak = functools.reduce(jnp.maximum, [jnp.max(jnp.where(jnp.isfinite(p), jnp.abs(p), 0.0)) for p in parts])
+        low = functools.reduce(jnp.minimum, [jnp.min(p) for p in parts])
+        observed = state.count > 0
+        return (jnp.where(observed, state.range, jax.lax.stop_gradient(peak)),
+                jnp.where(observed, state.signed, jax.lax.stop_gradient(low) < 0))
 
     def product(
         self,

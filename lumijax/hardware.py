@@ -330,9 +330,12 @@ def _peak_of_tile_product(left: Array, blocks: Array) -> Array:
 def _peak_fwd(left: Array, blocks: Array):
     product = _tile_product(left, blocks)
     flat = product.reshape(-1, product.shape[-1])
-    where = jnp.argmax(jnp.abs(flat), axis=0)
-    peak = jnp.take_along_axis(flat, where[None], axis=0)[0]
-    return jnp.abs(peak), (left, blocks, where, jnp.sign(peak))
+    magnitude = jnp.abs(flat)
+    where = jnp.argmax(magnitude, axis=0)
+    sign = jnp.sign(jnp.take_along_axis(flat, where[None], axis=0)[0])
+    # The peak as a reduction, not as the gathered entry: XLA then computes
+    # it once rather than again in every element of the products it scales.
+    return jnp.max(magnitude, axis=0), (left, blocks, where, sign)
 
 
 def _peak_bwd(residuals, grad: Array):

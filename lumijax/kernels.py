@@ -596,9 +596,10 @@ def standard_normal(key: Array, shape: tuple[int, ...], dtype=jnp.float32) -> Ar
     """Independent ``N(0, 1)`` draws of ``shape`` (float32 or float64) from
     a typed PRNG ``key``.
 
-    On CPU the native counter-based sampler draws them (xoshiro256++ per
-    block of draws, seeded by two words drawn from ``key``, ziggurat
-    normals, all cores);
+    On CPU the native counter-based sampler draws them on all cores,
+    seeded by two words drawn from ``key``: float32 by the Box–Muller
+    transform of eight xoshiro256++ streams per block of draws (radius
+    capped at 5.77), float64 by a ziggurat on one stream per block;
     elsewhere, or with ``LUMIJAX_NATIVE=0``, ``jax.random.normal``. Either is
     reproducible from the key, but the two give different draws. The draws
     are constants for differentiation.

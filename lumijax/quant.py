@@ -110,7 +110,7 @@ def fake_convert(x: Array, full_scale: Array, bits: int, signed: Array | bool = 
     half = (1 << (bits - 1)) - 1
     hi = jnp.where(signed, jnp.float32(half), jnp.float32((1 << bits) - 1))
     lo = jnp.where(signed, jnp.float32(-half - 1), jnp.float32(0.0))
-    scale = jnp.maximum(full_scale, jnp.finfo(jnp.float32).tiny) / hi
+    scale = jnp.maximum(full_scale / hi, jnp.finfo(jnp.float32).tiny)
     return _fake_quant(x, scale, jnp.int32(0), lo, hi)
 
 
@@ -236,17 +236,27 @@ def bits_for_snr(snr_db: float, max_bits: int = 8) -> int:
 # The weight quantizer
 
 
+def _positive_steps(scale: Array) -> Array:
+    """``scale`` with each zero step (an all-zero row: a pruned unit, a
+    padding embedding) replaced by the largest step, or 1 where all are
+    zero: a step far above float32's smallest normal, so that neither
+    ``w/scale`` nor ``exp(log scale)`` meets a denormal the CPU flushes to
+    zero."""
+    largest = jnp.max(scale)
+    return jnp.where(scale > 0, scale, jnp.where(largest > 0, largest, 1.0))
+
+
 def _grid_scales(w: np.ndarray, bits: int, symmetric: bool, alpha: Array, per_channel: bool):
     """Scale and zero point for a clipping ratio ``alpha`` (broadcast)."""
     lo_code, hi_code = code_range(bits)
     axis = -1 if per_channel else None
     if symmetric:
         peak = jnp.max(jnp.abs(w), axis=axis, keepdims=per_channel)
-        scale = jnp.maximum(alpha * peak / hi_code, jnp.finfo(jnp.float32).tiny)
+        scale = _positive_steps(alpha * peak / hi_code)
         return scale, jnp.zeros_like(scale, dtype=jnp.int32)
     w_min = jnp.minimum(jnp.min(w, axis=axis, keepdims=per_channel), 0.0)
     w_max = jnp.maximum(jnp.max(w, axis=axis, keepdims=per_channel), 0.0)
-    scale = jnp.maximum(alpha * (w_max - w_min) / (hi_code - lo_code), jnp.finfo(jnp.float32).tiny)
+    scale = _positive_steps(alpha * (w_max - w_min) / (hi_code - lo_code))
     zero = jnp.clip(jnp.round(lo_code - alpha * w_min / scale), lo_code, hi_code).astype(jnp.int32)
     return scale, zero
 

@@ -172,37 +172,46 @@ def _batch_norm_no_training(input, weight, bias, running_mean, running_var, mome
     return [y, jnp.zeros((0,), input.dtype), jnp.zeros((0,), input.dtype)]
 
 
-def _pool_padding(padding, ndim: int) -> tuple:
-    ph, pw = _pair(padding)
-    return ((0, 0),) * (ndim - 2) + ((ph, ph), (pw, pw))
+def _pool_geometry(self, kernel_size, stride, padding, dilation, ceil_mode):
+    """Window, strides, dilation and ``((lo, hi),)`` padding of the two
+    spatial axes of a torch 2-D pooling. With ``ceil_mode`` the output
+    rounds up, the extra windows overhanging the bottom/right edge (padded
+    past torch's ``padding``), except a last window that would start in the
+    right padding, which torch drops."""
+    kernel, dilation = _pair(kernel_size), _pair(dilation)
+    strides = _pair(stride) if len(stride or ()) else kernel
+    pads = []
+    for size, k, s, p, d in zip(self.shape[-2:], kernel, strides, _pair(padding), dilation):
+        span = size + 2 * p - d * (k - 1) - 1
+        out = (-(-span // s) if ceil_mode else span // s) + 1
+        if ceil_mode and (out - 1) * s >= size + p:
+            out -= 1
+        pads.append((p, max((out - 1) * s + d * (k - 1) + 1 - size - p, p)))
+    return kernel, strides, dilation, pads
 
 
 def _max_pool2d(self, kernel_size, stride=(), padding=0, dilation=1, ceil_mode=False):
-    if ceil_mode:
-        raise UnsupportedArguments("max_pool2d with ceil_mode=True")
-    kernel = _pair(kernel_size)
-    strides = _pair(stride) if len(stride or ()) else kernel
+    kernel, strides, dilation, pads = _pool_geometry(self, kernel_size, stride, padding, dilation, ceil_mode)
     lead = (1,) * (self.ndim - 2)
     return jax.lax.reduce_window(
-        self, -jnp.inf, jax.lax.max, lead + kernel, lead + strides, _pool_padding(padding, self.ndim),
-        window_dilation=lead + _pair(dilation),
+        self, -jnp.inf, jax.lax.max, lead + kernel, lead + strides, ((0, 0),) * (self.ndim - 2) + tuple(pads),
+        window_dilation=lead + dilation,
     )
 
 
 def _avg_pool2d(self, kernel_size, stride=(), padding=0, ceil_mode=False, count_include_pad=True, divisor_override=None):
-    if ceil_mode:
-        raise UnsupportedArguments("avg_pool2d with ceil_mode=True")
-    kernel = _pair(kernel_size)
-    strides = _pair(stride) if len(stride or ()) else kernel
+    """torch's average pooling: the divisor of a window counts its cells in
+    the input, plus (``count_include_pad``) those in torch's ``padding``,
+    never those past it that ``ceil_mode`` adds."""
+    kernel, strides, _, pads = _pool_geometry(self, kernel_size, stride, padding, 1, ceil_mode)
     lead = (1,) * (self.ndim - 2)
-    pads = _pool_padding(padding, self.ndim)
-    total = jax.lax.reduce_window(self, 0.0, jax.lax.add, lead + kernel, lead + strides, pads)
+    total = jax.lax.reduce_window(self, 0.0, jax.lax.add, lead + kernel, lead + strides, ((0, 0),) * (self.ndim - 2) + tuple(pads))
     if divisor_override:
         return total / divisor_override
-    if count_include_pad:
-        return total / (kernel[0] * kernel[1])
-    ones = jnp.ones(self.shape[-2:], self.dtype)
-    count = jax.lax.reduce_window(ones, 0.0, jax.lax.add, kernel, strides, pads[-2:])
+    p = _pair(padding)
+    cells = jnp.pad(jnp.ones(self.shape[-2:], self.dtype), tuple((q, q) for q in p), constant_values=1.0 if count_include_pad else 0.0)
+    extra = tuple((0, hi - q) for (_, hi), q in zip(pads, p))
+    count = jax.lax.reduce_window(jnp.pad(cells, extra), 0.0, jax.lax.add, kernel, strides, ((0, 0), (0, 0)))
     return total / count
 
 
@@ -222,6 +231,89 @@ def _dropout(input, p, train):
     if train and p > 0:
         raise UnsupportedArguments("dropout in training mode (call module.eval() before converting)")
     return input
+
+
+def is_identity(op: str, arguments: dict) -> bool:
+    """Whether ``op`` with these arguments returns its input unchanged (an
+    in-place form of it writes nothing)."""
+    return op == "aten.dropout.default" and not (arguments.get("train") and arguments.get("p"))
+
+
+def _unflatten(self, dim, sizes):
+    dim = dim % self.ndim
+    return self.reshape(self.shape[:dim] + tuple(sizes) + self.shape[dim + 1:])
+
+
+def _unbind(self, dim=0):
+    return [jnp.take(self, i, axis=dim) for i in range(self.shape[dim])]
+
+
+def _gather(self, dim, index, sparse_grad=False):
+    return jnp.take_along_axis(self, index, axis=dim)
+
+
+def _full_like(self, fill_value, dtype=None, **_):
+    return jnp.full(self.shape, fill_value, dtype_of(dtype) or self.dtype)
+
+
+def _group_norm(input, num_groups, weight=None, bias=None, eps=1e-5, cudnn_enabled=True):
+    """torch's ``group_norm`` over ``(N, C, *)``: mean and biased variance
+    over each group of ``C/num_groups`` channels and all positions."""
+    n, c = input.shape[:2]
+    grouped = input.reshape((n, num_groups, -1))
+    mean = jnp.mean(grouped, axis=-1, keepdims=True)
+    centred = grouped - mean
+    y = (centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + eps)).reshape(input.shape)
+    y = y * _channels(weight, input.ndim) if weight is not None else y
+    return y + _channels(bias, input.ndim) if bias is not None else y
+
+
+def _instance_norm(input, weight, bias, running_mean, running_var, use_input_stats, momentum, eps, cudnn_enabled):
+    if not use_input_stats:
+        return _batch_norm_eval(input, weight, bias, running_mean, running_var, eps)
+    return _group_norm(input, input.shape[1], weight, bias, eps)
+
+
+def _source_index(out: int, size: int, scale: float | None, align_corners: bool, centred: bool) -> Array:
+    """The input coordinate of each of ``out`` output positions along an
+    axis of ``size`` (torch's ``area_pixel_compute_source_index``): the
+    step is ``1/scale`` when a scale factor is given, else ``size/out``."""
+    dst = jnp.arange(out, dtype=jnp.float32)
+    if align_corners:
+        return dst * ((size - 1) / (out - 1) if out > 1 else 0.0)
+    step = 1.0 / scale if scale else size / out
+    return jnp.maximum((dst + 0.5) * step - 0.5, 0.0) if centred else dst * step
+
+
+def _output_sizes(input, output_size, scale_factors) -> tuple[tuple[int, ...], tuple]:
+    spatial = input.shape[2:]
+    if output_size is not None:
+        return tuple(int(o) for o in output_size), (None,) * len(spatial)
+    scales = tuple(float(f) for f in scale_factors)
+    return tuple(int(np.floor(s * f)) for s, f in zip(spatial, scales)), scales
+
+
+def _upsample_nearest(input, output_size=None, scale_factors=None):
+    """torch's ``nearest`` interpolation: input ``floor(dst·step)``."""
+    sizes, scales = _output_sizes(input, output_size, scale_factors)
+    y = input
+    for axis, (out, size, scale) in enumerate(zip(sizes, input.shape[2:], scales), start=2):
+        index = jnp.minimum(jnp.floor(_source_index(out, size, scale, False, False)).astype(jnp.int32), size - 1)
+        y = jnp.take(y, index, axis=axis)
+    return y
+
+
+def _upsample_linear(input, output_size=None, align_corners=False, scale_factors=None):
+    """torch's ``bilinear`` (any number of spatial axes: one at a time)."""
+    sizes, scales = _output_sizes(input, output_size, scale_factors)
+    y = input
+    for axis, (out, size, scale) in enumerate(zip(sizes, input.shape[2:], scales), start=2):
+        source = _source_index(out, size, scale, align_corners, True)
+        low = jnp.minimum(jnp.floor(source).astype(jnp.int32), size - 1)
+        high = jnp.minimum(low + 1, size - 1)
+        weight = (source - low).astype(input.dtype).reshape((-1,) + (1,) * (input.ndim - axis - 1))
+        y = jnp.take(y, low, axis=axis) * (1 - weight) + jnp.take(y, high, axis=axis) * weight
+    return y
 
 
 def _softmax(self, dim, dtype=None):
@@ -289,6 +381,7 @@ OPS: dict[str, Callable] = {
     "aten.permute.default": lambda self, dims: jnp.transpose(self, tuple(dims)),
     "aten.transpose.int": lambda self, dim0, dim1: jnp.swapaxes(self, dim0, dim1),
     "aten.t.default": lambda self: self.T,
+    "aten.flip.default": lambda self, dims: jnp.flip(self, tuple(dims)),
     "aten.expand.default": _expand,
     "aten.contiguous.default": _identity,
     "aten.clone.default": _identity,
@@ -299,6 +392,10 @@ OPS: dict[str, Callable] = {
     "aten.to.dtype_layout": _to,
     "aten.to.dtype": _to,
     "aten._to_copy.default": _to,
+    "aten.to.device": _to,
+    "aten.unflatten.int": _unflatten,
+    "aten.unbind.int": _unbind,
+    "aten.gather.default": _gather,
     "aten.type_as.default": lambda self, other: self.astype(other.dtype),
     "aten.slice.Tensor": _slice,
     "aten.select.int": _select,
@@ -320,6 +417,7 @@ OPS: dict[str, Callable] = {
     "aten.new_zeros.default": _new(0),
     "aten.ones_like.default": _like(1),
     "aten.zeros_like.default": _like(0),
+    "aten.full_like.default": _full_like,
     "aten.scalar_tensor.default": lambda s, dtype=None, **_: jnp.asarray(s, dtype_of(dtype) or jnp.float32),
     "aten.tril.default": lambda self, diagonal=0: jnp.tril(self, diagonal),
     "aten.triu.default": lambda self, diagonal=0: jnp.triu(self, diagonal),
@@ -342,6 +440,10 @@ OPS: dict[str, Callable] = {
     "aten.rsqrt.default": _unary(jax.lax.rsqrt),
     "aten.sqrt.default": _unary(jnp.sqrt),
     "aten.exp.default": _unary(jnp.exp),
+    "aten.cos.default": _unary(jnp.cos),
+    "aten.sin.default": _unary(jnp.sin),
+    "aten.minimum.default": _binary(jnp.minimum),
+    "aten.maximum.default": _binary(jnp.maximum),
     "aten.log.default": _unary(jnp.log),
     "aten.tanh.default": _unary(jnp.tanh),
     "aten.sigmoid.default": _unary(jax.nn.sigmoid),
@@ -350,11 +452,15 @@ OPS: dict[str, Callable] = {
     "aten.relu.default": _unary(jax.nn.relu),
     "aten.gelu.default": _gelu,
     "aten.silu.default": _unary(jax.nn.silu),
+    "aten.hardswish.default": _unary(lambda x: x * jnp.clip(x + 3, 0, 6) / 6),
+    "aten.hardsigmoid.default": _unary(lambda x: jnp.clip(x + 3, 0, 6) / 6),
     "aten.hardtanh.default": lambda self, min_val=-1, max_val=1: jnp.clip(self, min_val, max_val),
     "aten.softmax.int": _softmax,
     "aten._softmax.default": lambda self, dim, half_to_float: jax.nn.softmax(self, axis=dim),
     "aten.log_softmax.int": _log_softmax,
     "aten.layer_norm.default": _layer_norm,
+    "aten.group_norm.default": _group_norm,
+    "aten.instance_norm.default": _instance_norm,
     "aten.batch_norm.default": _batch_norm,
     "aten._native_batch_norm_legit_no_training.default": _batch_norm_no_training,
     "aten.dropout.default": _dropout,
@@ -369,6 +475,8 @@ OPS: dict[str, Callable] = {
     "aten.max_pool2d.default": _max_pool2d,
     "aten.avg_pool2d.default": _avg_pool2d,
     "aten.adaptive_avg_pool2d.default": _adaptive_avg_pool2d,
+    "aten.upsample_nearest2d.vec": _upsample_nearest,
+    "aten.upsample_bilinear2d.vec": _upsample_linear,
     "aten.embedding.default": _embedding,
     # comparisons and masks
     "aten.eq.Tensor": _binary(jnp.equal),

@@ -3,10 +3,14 @@ weights. The only part of the generic path that needs torch."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import operator
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import jax
 import numpy as np
 from flax import nnx
 
@@ -48,6 +52,16 @@ def _module_path(node) -> str:
     return list(stack.values())[-1][0] if stack else ""
 
 
+def _identifier(part: str) -> str:
+    """A module path part as an attribute name: kept if an identifier or a
+    number (a ``Sequential`` index), else non-word characters → ``_`` and
+    ``_`` before a leading digit."""
+    if part.isidentifier() or part.isdigit():
+        return part
+    part = re.sub(r"\W", "_", part)
+    return "_" + part if part[:1].isdigit() else part
+
+
 def _bind(node) -> dict[str, Any]:
     """The node's arguments by schema name, defaults filled in."""
     if node.target is operator.getitem:
@@ -83,6 +97,7 @@ class _Builder:
         self.steps: list = []
         self.unsupported: list[str] = []
         self.order = {n: i for i, n in enumerate(ep.graph.nodes)}
+        self.nodes = {n.name: n for n in ep.graph.nodes}
         self._read_signature(flat_inputs)
 
     def _read_signature(self, flat_inputs: Sequence[Any]) -> None:
@@ -120,7 +135,11 @@ class _Builder:
         )
 
     def _module_home(self, preferred: str, fallback: str) -> str:
-        path = preferred if self._free(preferred) else fallback.replace(".", "_")
+        """``preferred`` (a dotted torch path, each part made an identifier:
+        ``block1-0`` → ``block1_0``) if free, else ``fallback`` flattened
+        into one identifier, with ``_`` appended until free."""
+        preferred = ".".join(_identifier(part) for part in preferred.split("."))
+        path = preferred if self._free(preferred) else _identifier(fallback.replace(".", "_"))
         while not self._free(path):
             path += "_"
         return path
@@ -241,6 +260,50 @@ class _Builder:
         if any(_op_name(u) in _VIEWS and self.order[u] < self.order[node] for u in target.users if u.op == "call_function"):
             raise ConversionError(f"an in-place write to {target.name!r}, which has views")
 
+    def _functional_arguments(self, op: str, bound: dict) -> dict:
+        """An in-place op's arguments under the names of its functional
+        op's schema (``dropout_(self, …)`` → ``dropout(input, …)``)."""
+        _, name, overload = aten.functional(op).split(".")
+        schema = getattr(getattr(self.torch.ops.aten, name), overload)._schema
+        names = [argument.name for argument in schema.arguments]
+        if len(names) != len(bound):
+            raise ConversionError(f"an in-place op whose schema differs from {aten.functional(op)}'s")
+        return dict(zip(names, bound.values()))
+
+    def _abstract(self, name: str) -> Any:
+        """The value of node ``name`` as torch traced it, as JAX shapes."""
+        val = self.nodes[name].meta.get("val")
+        return self._shapes(val)
+
+    def _shapes(self, val: Any) -> Any:
+        if isinstance(val, (list, tuple)):
+            return [self._shapes(v) for v in val]
+        if isinstance(val, self.torch.Tensor):
+            return jax.ShapeDtypeStruct(tuple(int(d) for d in val.shape), aten.dtype_of(str(val.dtype).removeprefix("torch.")))
+        return val
+
+    def _check_step(self, node, op: str, arguments: dict) -> None:
+        """Runs the op's jnp function on the shapes torch traced (nothing is
+        computed) and compares the output shapes with torch's, so that
+        arguments the table cannot honour fail here, not at the first call."""
+        names = [ref["ref"] for ref in _refs(arguments)]
+        leaves = [self._abstract(n) for n in names]
+
+        def run(*values):
+            table = dict(zip(names, values))
+            return aten.OPS[op](**{k: _substitute(v, table) for k, v in arguments.items()})
+
+        try:
+            result = jax.eval_shape(run, *leaves)
+        except aten.UnsupportedArguments as err:
+            raise ConversionError(str(err)) from None
+        except (TypeError, ValueError, IndexError) as err:
+            raise ConversionError(f"the op's jnp form fails on these arguments: {type(err).__name__}: {err}") from None
+        expected = self._shapes(node.meta.get("val"))
+        got_shapes, want_shapes = _shape_tree(result), _shape_tree(expected)
+        if want_shapes is not None and got_shapes != want_shapes:
+            raise ConversionError(f"the op's jnp form gives shape {got_shapes} where torch gives {want_shapes}")
+
     def _plain(self, value: Any) -> Any:
         torch = self.torch
         if isinstance(value, torch.fx.Node):
@@ -268,8 +331,13 @@ class _Builder:
                 if unit is None and aten.functional(op) not in aten.OPS:
                     raise ConversionError("no mapping for this op")
                 if aten.functional(op) != op:
-                    self._check_in_place(node)
-                self.steps.append([node.name, op, {k: self._plain(v) for k, v in bound.items()}])
+                    bound = self._functional_arguments(op, bound)
+                    if not aten.is_identity(aten.functional(op), bound):
+                        self._check_in_place(node)
+                arguments = {k: self._plain(v) for k, v in bound.items()}
+                if unit is None:
+                    self._check_step(node, aten.functional(op), arguments)
+                self.steps.append([node.name, op, arguments])
                 if unit is not None:
                     self.units[node.name] = unit
             except ConversionError as err:
@@ -314,6 +382,39 @@ def _refs(value: Any):
             yield from _refs(v)
 
 
+def _substitute(value: Any, table: dict) -> Any:
+    """An argument ``value`` with each reference replaced by
+    ``table[name]`` and each dtype by its name."""
+    if isinstance(value, dict) and "ref" in value:
+        return table[value["ref"]]
+    if isinstance(value, dict) and "dtype" in value:
+        return value["dtype"]
+    if isinstance(value, dict):
+        return {k: _substitute(v, table) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, table) for v in value]
+    return value
+
+
+def _shape_tree(value: Any) -> Any:
+    """The shapes of the arrays in ``value`` (lists kept), ``None`` where
+    it holds no array shape."""
+    if isinstance(value, (list, tuple)):
+        shapes = [_shape_tree(v) for v in value]
+        return None if any(s is None for s in shapes) else shapes
+    shape = getattr(value, "shape", None)
+    return None if shape is None else tuple(int(d) for d in shape)
+
+
+def _returns_cache(module: Any) -> bool:
+    """Whether ``module`` (a Hugging Face model) returns a key/value cache
+    by default: its config says ``use_cache`` and its forward takes it."""
+    config = getattr(module, "config", None)
+    if not getattr(config, "use_cache", False):
+        return False
+    return "use_cache" in inspect.signature(module.forward).parameters
+
+
 def capture(module: Any, example_inputs: Sequence[Any], example_kwargs: Mapping[str, Any] | None = None) -> tuple[ProgramSpec, dict[str, np.ndarray]]:
     """Exports ``module`` (in eval mode) and returns its spec and weights."""
     import torch
@@ -323,11 +424,19 @@ def capture(module: Any, example_inputs: Sequence[Any], example_kwargs: Mapping[
         raise TypeError(f"from_torch converts a torch.nn.Module, got {type(module).__name__}")
     args = tuple(example_inputs) if isinstance(example_inputs, (list, tuple)) else (example_inputs,)
     kwargs = dict(example_kwargs or {})
+    notes = []
+    if _returns_cache(module) and "use_cache" not in kwargs:
+        kwargs["use_cache"] = False
+        notes.append("captured with use_cache=False: a key/value cache is state that a static graph does not return")
     module.eval()
     with torch.no_grad():
-        ep = torch.export.export(module, args, kwargs=kwargs)
+        try:
+            ep = torch.export.export(module, args, kwargs=kwargs)
+        except Exception as err:  # torch.export raises many types; name the module and the cause
+            raise ConversionError(f"torch.export could not capture {type(module).__name__}: {type(err).__name__}: "
+                                  f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}") from err
     builder = _Builder(ep, tree_flatten((args, kwargs))[0])
-    spec = builder.build()
+    spec = dataclasses.replace(builder.build(), notes=notes)
     return spec, state_dict_arrays({name: builder.values[name] for name in spec.tensors})
 
 

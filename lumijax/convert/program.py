@@ -71,6 +71,8 @@ class ProgramSpec:
         "layout", "kind": "param" | "buffer" | "layer", "shape", "dtype"}``.
       placeholders: graph placeholder → torch name.
       units: step name → the module path that runs it on the core.
+      notes: what the capture changed to export the module (inputs it
+        set), in words.
     """
 
     inputs: list
@@ -80,13 +82,14 @@ class ProgramSpec:
     tensors: dict
     placeholders: dict
     units: dict
+    notes: list = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> ProgramSpec:
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
 
 def _is_ref(value: Any) -> bool:

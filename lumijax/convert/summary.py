@@ -13,6 +13,7 @@ from flax import nnx
 from rich.table import Table
 
 from lumijax import layers
+from lumijax.convert.program import TorchProgram
 
 PRODUCTS = ("dot_general", "conv_general_dilated")
 HARDWARE_PARAMS = ("log_weight_scale", "channel_spacing_nm")
@@ -27,6 +28,7 @@ class ConversionSummary:
         and ``channel_spacing_nm``).
       photonic_flops: FLOPs of the matrix products of one forward pass.
       total_flops: all FLOPs of it (elementwise ops one per output element).
+      notes: what the capture changed to export the model.
     """
 
     weighted_layers: int
@@ -34,6 +36,7 @@ class ConversionSummary:
     parameters: int
     photonic_flops: int
     total_flops: int
+    notes: tuple[str, ...] = ()
 
     @property
     def photonic_share(self) -> float:
@@ -48,6 +51,8 @@ class ConversionSummary:
         table.add_row("parameters", f"{self.parameters:,}")
         table.add_row("FLOPs per forward pass", f"{self.total_flops:,}")
         table.add_row("photonic share of FLOPs", f"{100 * self.photonic_share:.2f} %")
+        for note in self.notes:
+            table.add_row("note", note)
         return table
 
 
@@ -100,4 +105,5 @@ def summarize(model: nnx.Module, *inputs: Any) -> ConversionSummary:
     activation_cores = [n for n in nodes if isinstance(n, layers.PhotonicCore) and id(n) not in owned_cores]
     params = nnx.to_flat_state(nnx.state(model, nnx.Param))
     count = sum(int(np.size(v.get_value())) for path, v in params if str(path[-1]) not in HARDWARE_PARAMS)
-    return ConversionSummary(len(weighted), len(activation_cores), count, products, total)
+    notes = tuple(model.spec.notes) if isinstance(model, TorchProgram) else ()
+    return ConversionSummary(len(weighted), len(activation_cores), count, products, total, notes)

@@ -1,0 +1,182 @@
+"""The generic ``torch.export`` path on the ops real models use: each small
+module converted and compared with torch (outputs and input gradients), and
+the conversion bugs real models ran into."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from lumijax import convert, hardware as hw  # noqa: E402
+
+PARITY = 1e-4
+F = torch.nn.functional
+
+
+@pytest.fixture(autouse=True)
+def highest_precision():
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
+def relative_error(ours, reference) -> float:
+    reference = np.asarray(reference, np.float64)
+    return float(np.max(np.abs(np.asarray(ours, np.float64) - reference)) / max(np.max(np.abs(reference)), 1e-30))
+
+
+class Apply(torch.nn.Module):
+    """A function as a module."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def assert_matches_torch(module: torch.nn.Module, x: torch.Tensor, tolerance: float = PARITY) -> None:
+    """Outputs and the input gradient of a random probe, against torch."""
+    module.eval()
+    x_torch = x.clone().requires_grad_(x.is_floating_point())
+    reference = module(x_torch)
+    program = convert.from_torch(module, (x,))
+    ours = program(x.numpy())
+    assert np.shape(ours) == tuple(reference.shape)
+    assert relative_error(ours, reference.detach().numpy()) <= tolerance
+    if x.is_floating_point():
+        probe = np.random.default_rng(0).normal(size=tuple(reference.shape)).astype(np.float32)
+        (reference * torch.from_numpy(probe)).sum().backward()
+        grad = jax.grad(lambda v: jnp.sum(program(v) * probe))(jnp.asarray(x.numpy()))
+        assert relative_error(grad, x_torch.grad.numpy()) <= tolerance
+
+
+def images(shape, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+ELEMENTWISE = {
+    "cos-sin": lambda x: torch.cos(x) * torch.sin(2 * x),
+    "hardswish": F.hardswish,
+    "hardsigmoid": F.hardsigmoid,
+    "minimum-maximum": lambda x: torch.minimum(x, x.flip(-1)) + torch.maximum(x, torch.zeros_like(x)),
+    "full_like": lambda x: x + torch.full_like(x, 0.25),
+    "unflatten-unbind": lambda x: sum(part * (i + 1) for i, part in enumerate(x.unflatten(-1, (2, 4)).unbind(-2))),
+    "gather": lambda x: torch.gather(x, 1, torch.tensor([[7, 0, 3], [1, 1, 6], [2, 5, 4]])),
+    "to-device": lambda x: x.to(x.device) * 2,
+}
+
+
+@pytest.mark.parametrize("name", list(ELEMENTWISE))
+def test_elementwise_and_layout_ops(name):
+    assert_matches_torch(torch.nn.Sequential(torch.nn.Linear(8, 8), Apply(ELEMENTWISE[name])), images((3, 8)))
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("size, kernel, stride, padding", [(7, 3, 2, 0), (6, 3, 2, 1), (8, 2, 2, 0), (5, 3, 2, 1), (9, 2, 3, 0)])
+def test_pooling_with_ceil_mode(size, kernel, stride, padding, ceil_mode):
+    """``ceil_mode`` windows overhang the bottom/right edge; a window that
+    would start in the right padding is dropped; the average counts the
+    padding (or not) but never the overhang."""
+    x = images((2, 4, size, size))
+    for pool in (
+        lambda v: F.max_pool2d(v, kernel, stride, padding, ceil_mode=ceil_mode),
+        lambda v: F.avg_pool2d(v, kernel, stride, padding, ceil_mode=ceil_mode, count_include_pad=True),
+        lambda v: F.avg_pool2d(v, kernel, stride, padding, ceil_mode=ceil_mode, count_include_pad=False),
+    ):
+        assert_matches_torch(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 1), Apply(pool)), x)
+
+
+@pytest.mark.parametrize("norm", [
+    torch.nn.GroupNorm(2, 6, eps=1e-3),
+    torch.nn.GroupNorm(6, 6, affine=False),
+    torch.nn.InstanceNorm2d(6, affine=True),
+    torch.nn.InstanceNorm2d(6, eps=1e-2),
+])
+def test_group_and_instance_norm(norm):
+    torch.manual_seed(0)
+    if getattr(norm, "weight", None) is not None:
+        torch.nn.init.normal_(norm.weight)
+        torch.nn.init.normal_(norm.bias)
+    assert_matches_torch(torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), norm), 3 + images((2, 3, 5, 5)))
+
+
+@pytest.mark.parametrize("upsample", [
+    torch.nn.Upsample(scale_factor=2, mode="nearest"),
+    torch.nn.Upsample(size=(7, 5), mode="nearest"),
+    torch.nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False),
+    torch.nn.Upsample(scale_factor=1.5, mode="bilinear", align_corners=False),
+    torch.nn.Upsample(size=(7, 9), mode="bilinear", align_corners=True),
+    torch.nn.Upsample(size=(3, 2), mode="bilinear", align_corners=False),
+])
+def test_upsampling(upsample):
+    assert_matches_torch(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), upsample), images((2, 3, 4, 5)))
+
+
+def test_in_place_dropout():
+    """``Dropout(inplace=True)`` in eval mode writes nothing, also after a
+    flatten (a view)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3), torch.nn.Flatten(), torch.nn.Dropout(0.3, inplace=True),
+                                torch.nn.Linear(12, 5), torch.nn.Dropout(0.2, inplace=True))
+    assert_matches_torch(model, images((2, 2, 4, 4)))
+
+
+def test_module_names_that_are_not_identifiers():
+    model = torch.nn.Sequential()
+    model.add_module("block1-0", torch.nn.Linear(4, 3))
+    model.add_module("act", torch.nn.ReLU())
+    model.add_module("2 head", torch.nn.Linear(3, 2))
+    assert_matches_torch(model, images((2, 4)))
+    program = convert.from_torch(model, (images((2, 4)),))
+    assert sorted(program.spec.modules) == ["_2_head", "block1_0"]
+
+
+@pytest.mark.parametrize("mode", ["expected", "noisy"])
+def test_zero_weight_row_stays_finite(mode):
+    """A pruned unit (one all-zero weight row) gives its bias, and the other
+    outputs stay what they are in ideal mode up to the hardware's error."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(32, 8)
+    with torch.no_grad():
+        linear.weight[3] = 0.0
+    x = images((16, 32))
+    ideal = np.asarray(convert.from_torch(linear, (x,))(x.numpy()))
+    ours = np.asarray(convert.from_torch(linear, (x,), hw.HardwareConfig(), mode)(x.numpy()))
+    assert np.isfinite(ours).all()
+    assert relative_error(ours, ideal) < 0.25
+    if mode == "expected":
+        np.testing.assert_allclose(ours[:, 3], ideal[:, 3], atol=0.1 * np.abs(ideal).max())
+
+
+def test_arguments_the_table_cannot_honour_fail_at_conversion():
+    """A training-mode dropout is refused by ``from_torch``, not at the
+    first call, naming op, node and module."""
+
+    class Noisy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            return F.dropout(self.proj(x), 0.5, training=True)
+
+    with pytest.raises(convert.ConversionError, match=r"aten.dropout.default at node 'dropout' in <root> \(Noisy\): dropout in training mode"):
+        convert.from_torch(Noisy(), (images((2, 4)),))
+
+
+def test_hf_decoder_with_default_cache_setting():
+    """A Hugging Face decoder left at ``use_cache=True`` is captured with the
+    cache off, and the summary says so."""
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=29, n_positions=12, n_embd=16, n_layer=1, n_head=2)
+    assert config.use_cache
+    module = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(0, 29, (2, 7), generator=torch.Generator().manual_seed(1))
+    program = convert.from_torch(module, (ids,))
+    assert relative_error(program(ids.numpy()), module(ids, use_cache=False).logits.detach().numpy()) <= PARITY
+    assert any("use_cache=False" in note for note in convert.summarize(program).notes)

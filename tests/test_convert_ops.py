@@ -180,3 +180,49 @@ def test_hf_decoder_with_default_cache_setting():
     program = convert.from_torch(module, (ids,))
     assert relative_error(program(ids.numpy()), module(ids, use_cache=False).logits.detach().numpy()) <= PARITY
     assert any("use_cache=False" in note for note in convert.summarize(program).notes)
+
+
+def _hidden(output) -> torch.Tensor:
+    for name in ("logits", "last_hidden_state"):
+        if hasattr(output, name):
+            return getattr(output, name)
+    return output
+
+
+ARCHITECTURES = {
+    "llama": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=32)),
+    "t5-encoder": lambda: transformers.T5EncoderModel(transformers.T5Config(
+        vocab_size=50, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)),
+    "bert-with-mask": lambda: transformers.BertModel(transformers.BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
+        max_position_embeddings=32)),
+    "transformer-encoder-layer": lambda: torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True),
+}
+
+
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_real_architectures_match_torch(name):
+    """Tiny configs of the architectures users bring: rotary embeddings
+    (Llama), relative position buckets (T5), an attention mask built from
+    comparisons (BERT), ``nn.MultiheadAttention``'s unflatten/unbind."""
+    torch.manual_seed(0)
+    module = ARCHITECTURES[name]().eval()
+    generator = torch.Generator().manual_seed(1)
+    if name == "transformer-encoder-layer":
+        inputs, kwargs = (torch.randn(2, 8, 32, generator=generator),), {}
+    else:
+        inputs, kwargs = (torch.randint(0, 50, (2, 8), generator=generator),), {}
+    if name == "bert-with-mask":
+        kwargs = {"attention_mask": torch.tensor([[1] * 8, [1] * 5 + [0] * 3])}
+    with torch.no_grad():
+        reference = _hidden(module(*inputs, **kwargs)).numpy()
+    program = convert.from_torch(module, inputs, example_kwargs=kwargs)
+    ours = program(*[t.numpy() for t in inputs], *[t.numpy() for t in kwargs.values()])
+    ours = ours[0] if isinstance(ours, (list, tuple)) else ours
+    assert relative_error(ours, reference) <= PARITY
+    noisy = convert.from_torch(module, inputs, hw.HardwareConfig(), "noisy", example_kwargs=kwargs)
+    out = noisy(*[t.numpy() for t in inputs], *[t.numpy() for t in kwargs.values()])
+    out = out[0] if isinstance(out, (list, tuple)) else out
+    assert np.isfinite(np.asarray(out)).all() and 0 < relative_error(out, reference) < 0.2

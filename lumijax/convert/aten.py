@@ -444,6 +444,8 @@ OPS: dict[str, Callable] = {
     "aten.sin.default": _unary(jnp.sin),
     "aten.minimum.default": _binary(jnp.minimum),
     "aten.maximum.default": _binary(jnp.maximum),
+    "aten.min.other": _binary(jnp.minimum),
+    "aten.max.other": _binary(jnp.maximum),
     "aten.log.default": _unary(jnp.log),
     "aten.tanh.default": _unary(jnp.tanh),
     "aten.sigmoid.default": _unary(jax.nn.sigmoid),
@@ -500,6 +502,8 @@ OPS: dict[str, Callable] = {
     "aten.logical_not.default": _unary(jnp.logical_not),
     "aten.bitwise_not.default": _unary(jnp.bitwise_not),
     "aten.where.self": lambda condition, self, other: jnp.where(condition, self, other),
+    "aten.where.ScalarOther": lambda condition, self, other: jnp.where(condition, self, jnp.asarray(other, self.dtype)),
+    "aten.where.ScalarSelf": lambda condition, self, other: jnp.where(condition, jnp.asarray(self, other.dtype), other),
     "aten.masked_fill.Scalar": _masked_fill,
     "aten.masked_fill.Tensor": _masked_fill,
 }

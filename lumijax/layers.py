@@ -121,7 +121,10 @@ class PhotonicCore(nnx.Module):
     ) -> Array:
         """``x·W`` on the core; ``w`` ``(in, out)`` already weight-quantized
         (the transpose of the bank's ``(out, in)`` matrix, the layout of
-        ``nnx.Linear``'s kernel).
+        ``nnx.Linear``'s kernel). With ``w`` ``(groups, in, out)`` and ``x``
+        ``(groups, ..., in)``, each group is a bank of its own on input
+        tiles of its own (a grouped convolution), behind the layer's one DAC
+        and one ADC range.
 
         The DAC is unsigned (``2^b − 1`` levels over ``[0, range]``) for
         inputs that are never negative, such as those after a ReLU, and
@@ -130,7 +133,8 @@ class PhotonicCore(nnx.Module):
         Args:
           x: ``(..., in)``; with a ``lowering``, images ``(N, H, W, C)``
             whose patches (``(N, H', W', in)``) the DACs convert.
-          w: ``(in, out)``, the programmed (quantized) weights.
+          w: ``(in, out)`` or ``(groups, in, out)``, the programmed
+            (quantized) weights.
           observe: update the DAC and ADC range trackers with this batch.
           key: noise key for ``"noisy"`` mode; default, the next key of the
             ``noise`` stream (pass keys explicitly inside ``jax.vmap``).
@@ -153,17 +157,22 @@ class PhotonicCore(nnx.Module):
         if not (isinstance(self.drift_K, (int, float)) and self.drift_K == 0):
             drift = jnp.broadcast_to(jnp.asarray(self.drift_K, jnp.float32), (config.num_channels,))
             detuning = hw.thermal_drift_nm(config, drift)
+        def program(bank_weights: Array) -> hw.ProgrammedBank:
+            return hw.program_bank(bank_weights, config, ring_detuning_nm=detuning, compensate=self.compensate)
+
+        program = program if w.ndim == 2 else jax.vmap(program)
         if slot_order is None:
-            bank = hw.program_bank(w, config, ring_detuning_nm=detuning, compensate=self.compensate)
+            bank = program(w)
             effective = bank.effective
         else:
             order = np.asarray(slot_order)
-            bank = hw.program_bank(jnp.take(w, order, axis=0), config, ring_detuning_nm=detuning, compensate=self.compensate)
-            effective = jnp.take(bank.effective, np.argsort(order), axis=0)
+            bank = program(jnp.take(w, order, axis=-2))
+            effective = jnp.take(bank.effective, np.argsort(order), axis=-2)
         y = contract(x_q, effective)
         if self.mode == "noisy":
             key = self.rngs.noise() if key is None else key
-            sigma = hw.detector_noise_std(config, w.shape[0], full_scale, bank.full_scale)
+            sigma = hw.detector_noise_std(config, w.shape[-2], full_scale, bank.full_scale)
+            sigma = sigma if w.ndim == 2 else sigma[:, None, :]
             y = y + sigma * kernels.standard_normal(key, y.shape, y.dtype)
         if observe:
             self.output_range.set_value(self.estimator.update(self.output_range.get_value(), y))
@@ -389,34 +398,59 @@ class OpticalConv(QuantizedWeights):
         *,
         padding: str | tuple = "SAME",
         use_bias: bool = True,
+        groups: int = 1,
         weight_bits: int = 8,
         core: PhotonicCore | None = None,
         rngs: nnx.Rngs,
     ):
         _check_features(in_features, out_features)
+        if groups < 1 or in_features % groups or out_features % groups:
+            raise ValueError(f"groups = {groups}: must divide in_features = {in_features} and out_features = {out_features}")
         self.geometry = Conv2D(kernel_size, strides, padding)
         self.strides = self.geometry.strides
+        self.groups = groups
         self.conv = nnx.Conv(in_features, out_features, self.geometry.kernel_size, self.strides, padding=padding,
-                             use_bias=use_bias, rngs=rngs)
+                             feature_group_count=groups, use_bias=use_bias, rngs=rngs)
         self.core = core or PhotonicCore(rngs=rngs)
         self._init_scales(self.weight_matrix(), weight_bits)
 
     def _kernel_matrix(self) -> Array:
-        """The kernel as ``(kh·kw·C_in, C_out)`` (patch order, ``C_in``
-        fastest): a reshape, no copy."""
+        """The kernel as ``(kh·kw·C_in/groups, C_out)`` (patch order,
+        ``C_in`` fastest): a reshape, no copy."""
         kernel = self.conv.kernel[...]
         return kernel.reshape(-1, kernel.shape[-1])
 
     def __call__(self, x: Array, *, observe: bool = False) -> Array:
         """``x`` ``(N, H, W, C_in)`` → ``(N, H', W', C_out)``."""
-        if self.core.mode == "ideal":
+        if self.groups > 1:
+            y = self._grouped(x, observe)
+        elif self.core.mode == "ideal":
             y = self.geometry(x, self._kernel_matrix())
         else:
             y = self._on_core(x, self._kernel_matrix(), observe, lowering=self.geometry)
         return y + self.conv.bias[...] if self.conv.bias is not None else y
 
+    def _grouped(self, x: Array, observe: bool) -> Array:
+        """A grouped convolution without its bias: group ``g`` multiplies
+        the patches of input channels ``g·C_in/groups …`` by its own
+        ``(kh·kw·C_in/groups, C_out/groups)`` bank (a depthwise 3×3: a
+        9-tap product per channel)."""
+        if self.core.mode == "ideal":
+            return jax.lax.conv_general_dilated(
+                x, self.conv.kernel[...], self.strides, self.geometry.pads(x.shape[1:3]),
+                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
+        groups, taps = self.groups, self.geometry.taps
+        patches = self.geometry.patches(x)
+        n, ho, wo, _ = patches.shape
+        per_group = patches.reshape(n, ho, wo, taps, groups, -1).transpose(4, 0, 1, 2, 3, 5).reshape(groups, n * ho * wo, -1)
+        kernel = self.quantized_kernel(self._kernel_matrix())
+        banks = kernel.reshape(kernel.shape[0], groups, -1).transpose(1, 0, 2)
+        y = self.core.product(per_group, banks, observe=observe, slot_order=self.slot_order)
+        return y.transpose(1, 0, 2).reshape(n, ho, wo, -1)
+
     def weight_matrix(self) -> Array:
-        """The weights as the core holds them, ``(out, kh·kw·C_in)``."""
+        """The weights as the core holds them, ``(out, kh·kw·C_in/groups)``
+        (one row per output; a row's inputs are its group's patches)."""
         return self._kernel_matrix().T
 
 

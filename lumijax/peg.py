@@ -172,6 +172,8 @@ class _Builder:
         return self.node(name, "linear", [x], self.shape(x)[:-1] + (out_features,), params=params, attrs=attrs)
 
     def conv(self, name: str, x: str, layer: layers.OpticalConv) -> str:
+        if layer.groups > 1:
+            raise ValueError(f"{name}: a grouped convolution (groups = {layer.groups}) has no .lmn node")
         n, h, w, _ = self.shape(x)
         kh, kw, _, cout = layer.conv.kernel[...].shape
         (pt, pb), (pl, pr) = layer.conv.padding

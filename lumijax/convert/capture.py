@@ -209,19 +209,21 @@ class _Builder:
         weight = self._param(bound["weight"], 4)
         if weight is None:
             raise ConversionError("conv2d whose weight is not a parameter")
-        if bound["groups"] != 1 or list(bound["dilation"]) != [1, 1]:
-            raise ConversionError(f"conv2d with groups={bound['groups']}, dilation={list(bound['dilation'])} (only groups=1, dilation=1 map to the core)")
+        if list(bound["dilation"]) != [1, 1]:
+            raise ConversionError(f"conv2d with dilation={list(bound['dilation'])} (only dilation 1 maps to the core)")
         name = weight[0]
         if name in self.owner:
             raise ConversionError(f"conv2d weight {name} used by two convolutions")
-        out_channels, in_channels, kh, kw = self.values[name].shape
+        groups = int(bound["groups"])
+        out_channels, group_channels, kh, kw = self.values[name].shape
+        in_channels = group_channels * groups
         bias = self._param(bound["bias"], 1) if bound["bias"] is not None else None
         if bound["bias"] is not None and bias is None:
             raise ConversionError("conv2d with a computed bias")
         path = self._module_home(name.removesuffix(".weight"), name)
         pad = [int(p) for p in bound["padding"]]
         self.modules[path] = {"kind": "conv", "in": int(in_channels), "out": int(out_channels), "kernel": [int(kh), int(kw)],
-                              "stride": [int(s) for s in bound["stride"]], "padding": pad * (2 // len(pad)), "bias": bias is not None}
+                              "stride": [int(s) for s in bound["stride"]], "padding": pad * (2 // len(pad)), "bias": bias is not None, "groups": groups}
         self._layer_tensor(name, path, "conv.kernel", "conv")
         if bias is not None:
             self._layer_tensor(bias[0], path, "conv.bias", "same")

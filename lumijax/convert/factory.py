@@ -44,6 +44,7 @@ class LayerFactory:
         padding: int | Sequence[int],
         *,
         use_bias: bool,
+        groups: int = 1,
         rngs: nnx.Rngs,
     ) -> layers.OpticalConv:
         """A torch-style NHWC convolution: explicit symmetric zero padding of
@@ -52,7 +53,7 @@ class LayerFactory:
         return layers.OpticalConv(
             in_features, out_features, tuple(kernel_size) if not isinstance(kernel_size, int) else kernel_size,
             tuple(stride) if not isinstance(stride, int) else stride, padding=((ph, ph), (pw, pw)),
-            use_bias=use_bias, weight_bits=self.weight_bits, core=self.core(rngs), rngs=rngs,
+            use_bias=use_bias, groups=groups, weight_bits=self.weight_bits, core=self.core(rngs), rngs=rngs,
         )
 
     def tied_head(self, embedding: nnx.Embed, rngs: nnx.Rngs) -> layers.TiedOpticalLinear:

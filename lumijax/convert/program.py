@@ -143,7 +143,8 @@ class TorchProgram(nnx.Module):
         if module["kind"] == "linear":
             return factory.linear(module["in"], module["out"], use_bias=module["bias"], rngs=rngs)
         if module["kind"] == "conv":
-            return factory.conv(module["in"], module["out"], module["kernel"], module["stride"], module["padding"], use_bias=module["bias"], rngs=rngs)
+            return factory.conv(module["in"], module["out"], module["kernel"], module["stride"], module["padding"],
+                                use_bias=module["bias"], groups=module.get("groups", 1), rngs=rngs)
         return factory.core(rngs)
 
     @property

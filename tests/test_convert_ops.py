@@ -266,3 +266,19 @@ def test_grouped_convolution_groups_are_banks_of_their_own(compensate):
     ideal = layers.set_mode(nnx.clone(layer), "ideal")(x) - layer.conv.bias[...]
     if not compensate:
         assert relative_error(ours, ideal) > 1e-2  # the crosstalk is there
+
+
+@pytest.mark.parametrize("conv", [
+    torch.nn.Conv1d(3, 5, 3, padding=1),
+    torch.nn.Conv1d(3, 4, 5, stride=2, padding=2, bias=False),
+    torch.nn.Conv1d(3, 6, 3, groups=3),
+])
+def test_conv1d_matches_torch(conv):
+    """An audio-style front end: ``conv1d`` as a one-row 2-D convolution."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(conv, torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.LazyLinear(4))
+    x = images((2, 3, 11))
+    model(x)  # materialise the lazy layer
+    assert_matches_torch(model, x)
+    noisy = convert.from_torch(model, (x,), hw.HardwareConfig(), "noisy")
+    assert np.isfinite(np.asarray(noisy(x.numpy()))).all()

@@ -20,7 +20,7 @@ from lumijax.convert import aten
 from lumijax.convert.checkpoint import load_state_dict, state_dict_arrays
 from lumijax.convert.factory import LayerFactory
 from lumijax.convert.program import (
-    ACTIVATION_PRODUCTS, ATTENTION, CONV, TRANSPOSES, WEIGHT_PRODUCTS, ConversionError, Namespace, ProgramSpec, TorchProgram,
+    ACTIVATION_PRODUCTS, ATTENTION, CONVS, TRANSPOSES, WEIGHT_PRODUCTS, ConversionError, Namespace, ProgramSpec, TorchProgram,
 )
 
 _VIEWS = {
@@ -205,26 +205,33 @@ class _Builder:
             raise ConversionError("linear with a computed bias")
         return bias[0] if bias and bias[0] not in self.tensors else None
 
-    def _conv_unit(self, bound: dict) -> str:
-        weight = self._param(bound["weight"], 4)
+    def _conv_unit(self, bound: dict, spatial: int) -> str:
+        """A ``spatial``-D convolution (1 or 2) as an :class:`OpticalConv`;
+        a 1-D one is a 2-D one of kernel height 1 over one row."""
+        kind = f"conv{spatial}d"
+        weight = self._param(bound["weight"], 2 + spatial)
         if weight is None:
-            raise ConversionError("conv2d whose weight is not a parameter")
-        if list(bound["dilation"]) != [1, 1]:
-            raise ConversionError(f"conv2d with dilation={list(bound['dilation'])} (only dilation 1 maps to the core)")
+            raise ConversionError(f"{kind} whose weight is not a parameter")
+        if isinstance(bound["padding"], str):
+            raise ConversionError(f"{kind} with padding={bound['padding']!r} (give the padding in pixels)")
+        if any(d != 1 for d in bound["dilation"]):
+            raise ConversionError(f"{kind} with dilation={list(bound['dilation'])} (only dilation 1 maps to the core)")
         name = weight[0]
         if name in self.owner:
-            raise ConversionError(f"conv2d weight {name} used by two convolutions")
+            raise ConversionError(f"{kind} weight {name} used by two convolutions")
         groups = int(bound["groups"])
-        out_channels, group_channels, kh, kw = self.values[name].shape
-        in_channels = group_channels * groups
+        out_channels, group_channels, *taps = self.values[name].shape
         bias = self._param(bound["bias"], 1) if bound["bias"] is not None else None
         if bound["bias"] is not None and bias is None:
-            raise ConversionError("conv2d with a computed bias")
+            raise ConversionError(f"{kind} with a computed bias")
         path = self._module_home(name.removesuffix(".weight"), name)
-        pad = [int(p) for p in bound["padding"]]
-        self.modules[path] = {"kind": "conv", "in": int(in_channels), "out": int(out_channels), "kernel": [int(kh), int(kw)],
-                              "stride": [int(s) for s in bound["stride"]], "padding": pad * (2 // len(pad)), "bias": bias is not None, "groups": groups}
-        self._layer_tensor(name, path, "conv.kernel", "conv")
+        lead = [1] * (2 - spatial)
+        pad, stride = [int(p) for p in bound["padding"]], [int(s) for s in bound["stride"]]
+        self.modules[path] = {"kind": "conv", "in": int(group_channels * groups), "out": int(out_channels),
+                              "kernel": lead + [int(t) for t in taps], "stride": lead + stride * (spatial // len(stride)),
+                              "padding": [0] * (2 - spatial) + pad * (spatial // len(pad)), "bias": bias is not None,
+                              "groups": groups}
+        self._layer_tensor(name, path, "conv.kernel", "conv" if spatial == 2 else "conv1d")
         if bias is not None:
             self._layer_tensor(bias[0], path, "conv.bias", "same")
         self.owner[name] = (path, "conv")
@@ -237,8 +244,8 @@ class _Builder:
         return path
 
     def _unit(self, node, op: str, bound: dict) -> str | None:
-        if op == CONV:
-            return self._conv_unit(bound)
+        if op in CONVS:
+            return self._conv_unit(bound, CONVS[op])
         if op == ATTENTION:
             if bound["dropout_p"] or bound["enable_gqa"]:
                 raise ConversionError("scaled_dot_product_attention with dropout or grouped-query attention")

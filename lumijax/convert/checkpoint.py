@@ -23,7 +23,7 @@ from flax import nnx
 
 from lumijax import layers
 
-Layout = Literal["same", "transpose", "conv"]
+Layout = Literal["same", "transpose", "conv", "conv1d"]
 _WRAPPERS = ("model", "state_dict", "model_state_dict")
 _PREFIXES = ("_orig_mod.", "module.")
 
@@ -41,7 +41,8 @@ class Slot:
       layout: ``"same"``; ``"transpose"``, a torch ``nn.Linear`` weight
         ``(out, in)`` into a kernel ``(in, out)``; or ``"conv"``, a torch
         convolution weight ``(O, I, kh, kw)`` into an NHWC kernel
-        ``(kh, kw, I, O)``.
+        ``(kh, kw, I, O)``; or ``"conv1d"``, a torch 1-D convolution weight
+        ``(O, I, k)`` into the kernel ``(1, k, I, O)`` of a one-row 2-D one.
     """
 
     variable: nnx.Variable
@@ -54,6 +55,9 @@ class Slot:
         if self.layout == "conv":
             kh, kw, i, o = shape
             return (o, i, kh, kw)
+        if self.layout == "conv1d":
+            _, k, i, o = shape
+            return (o, i, k)
         return shape
 
     def from_torch(self, array: np.ndarray) -> np.ndarray:
@@ -61,6 +65,8 @@ class Slot:
             return array.T
         if self.layout == "conv":
             return array.transpose(2, 3, 1, 0)
+        if self.layout == "conv1d":
+            return array.transpose(2, 1, 0)[None]
         return array
 
     def to_torch(self, value: Any) -> Any:
@@ -69,6 +75,8 @@ class Slot:
             return value.T
         if self.layout == "conv":
             return value.transpose(3, 2, 0, 1)
+        if self.layout == "conv1d":
+            return value[0].transpose(2, 1, 0)
         return value
 
     def assign(self, array: np.ndarray) -> None:

@@ -8,7 +8,8 @@ spec with jnp, running every matrix product on a photonic layer:
 
 * ``linear``, ``addmm``, ``mm``, ``matmul`` whose weight operand is a
   parameter (or its transpose) → :class:`~lumijax.layers.OpticalLinear`;
-* ``conv2d`` → :class:`~lumijax.layers.OpticalConv` (NCHW kept outside);
+* ``conv2d`` and ``conv1d`` (one row) → :class:`~lumijax.layers.OpticalConv`
+  (NCHW kept outside);
 * products of two activations (``bmm``, ``matmul``, ``mm``) and
   ``scaled_dot_product_attention`` → a :class:`~lumijax.layers.PhotonicCore`
   of their own.
@@ -39,7 +40,9 @@ Array = jax.Array
 WEIGHT_PRODUCTS = {"aten.linear.default", "aten.addmm.default", "aten.mm.default", "aten.matmul.default"}
 ACTIVATION_PRODUCTS = {"aten.mm.default", "aten.matmul.default", "aten.bmm.default"}
 ATTENTION = "aten.scaled_dot_product_attention.default"
-CONV = "aten.conv2d.default"
+CONVS = {"aten.conv1d.default": 1, "aten.conv2d.default": 2}
+"""Convolutions by their number of spatial axes (a 1-D one runs as a 2-D
+one over a single row)."""
 TRANSPOSES = {"aten.t.default", "aten.transpose.int", "aten.permute.default"}
 
 
@@ -209,9 +212,11 @@ class TorchProgram(nnx.Module):
 
     @staticmethod
     def _photonic(op: str, unit: nnx.Module, args: dict, observe: bool) -> Array:
-        if op == CONV:
-            y = unit(jnp.transpose(args["input"], (0, 2, 3, 1)), observe=observe)
-            return jnp.transpose(y, (0, 3, 1, 2))
+        if op in CONVS:
+            x = args["input"]
+            image = jnp.transpose(x, (0, 2, 3, 1)) if x.ndim == 4 else jnp.transpose(x, (0, 2, 1))[:, None]
+            y = unit(image, observe=observe)
+            return jnp.transpose(y, (0, 3, 1, 2)) if x.ndim == 4 else jnp.transpose(y[:, 0], (0, 2, 1))
         if op == ATTENTION:
             q, k, v = args["query"], args["key"], args["value"]
             scale = args["scale"] if args["scale"] is not None else q.shape[-1] ** -0.5

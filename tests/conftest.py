@@ -24,3 +24,12 @@ def single_channel() -> HardwareConfig:
 def bank() -> HardwareConfig:
     """A 16-channel bank at Q = 1e4 on the 0.8 nm grid."""
     return HardwareConfig(quality_factor=1e4, channel_spacing_nm=0.8, num_channels=16, fsr_nm=20.0)
+
+
+@pytest.fixture
+def highest_precision():
+    """Matrix products at full float32 precision, for parity with torch."""
+    import jax
+
+    with jax.default_matmul_precision("highest"):
+        yield

@@ -13,6 +13,7 @@ torchvision = pytest.importorskip("torchvision")
 
 from flax import nnx  # noqa: E402
 from safetensors.torch import save_model  # noqa: E402
+from parity import relative_error  # noqa: E402
 from torch_models import NanoGPT, NanoGPTConfig, randomize_batch_norms  # noqa: E402
 
 from lumijax import cli, convert, layers  # noqa: E402
@@ -23,17 +24,7 @@ GPT2_CONFIGS = [
     dict(vocab_size=37, n_positions=24, n_embd=48, n_layer=3, n_head=3, activation_function="gelu", n_inner=80,
          layer_norm_epsilon=1e-6, scale_attn_by_inverse_layer_idx=True),
 ]
-
-
-@pytest.fixture(autouse=True)
-def highest_precision():
-    with jax.default_matmul_precision("highest"):
-        yield
-
-
-def relative_error(ours, reference) -> float:
-    reference = np.asarray(reference, np.float64)
-    return float(np.max(np.abs(np.asarray(ours, np.float64) - reference)) / np.max(np.abs(reference)))
+pytestmark = pytest.mark.usefixtures("highest_precision")
 
 
 def gpt2(config: dict, seed: int = 0):

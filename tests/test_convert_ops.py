@@ -12,21 +12,13 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from parity import relative_error  # noqa: E402
+
 from lumijax import convert, hardware as hw  # noqa: E402
 
 PARITY = 1e-4
 F = torch.nn.functional
-
-
-@pytest.fixture(autouse=True)
-def highest_precision():
-    with jax.default_matmul_precision("highest"):
-        yield
-
-
-def relative_error(ours, reference) -> float:
-    reference = np.asarray(reference, np.float64)
-    return float(np.max(np.abs(np.asarray(ours, np.float64) - reference)) / max(np.max(np.abs(reference)), 1e-30))
+pytestmark = pytest.mark.usefixtures("highest_precision")
 
 
 class Apply(torch.nn.Module):

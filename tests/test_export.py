@@ -12,16 +12,13 @@ import msgpack
 import numpy as np
 import pytest
 from flax import nnx
+from parity import relative_error
 
 from lumijax import cli, convert, layers, lmn, peg, runtime, wdm
 from lumijax.exporter import LuminaExporter
 
 FIXTURES = Path(__file__).resolve().parent.parent / "export" / "tests" / "fixtures"
 
-
-def relative_error(ours, reference) -> float:
-    reference = np.asarray(reference, np.float64)
-    return float(np.max(np.abs(np.asarray(ours, np.float64) - reference)) / np.max(np.abs(reference)))
 
 
 @pytest.fixture(scope="module")

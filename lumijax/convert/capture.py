@@ -21,6 +21,7 @@ from lumijax.convert.checkpoint import load_state_dict, state_dict_arrays
 from lumijax.convert.factory import LayerFactory
 from lumijax.convert.program import (
     ACTIVATION_PRODUCTS, ATTENTION, CONVS, TRANSPOSES, WEIGHT_PRODUCTS, ConversionError, Namespace, ProgramSpec, TorchProgram,
+    substitute,
 )
 
 _VIEWS = {
@@ -279,12 +280,9 @@ class _Builder:
             raise ConversionError(f"an in-place op whose schema differs from {aten.functional(op)}'s")
         return dict(zip(names, bound.values()))
 
-    def _abstract(self, name: str) -> Any:
-        """The value of node ``name`` as torch traced it, as JAX shapes."""
-        val = self.nodes[name].meta.get("val")
-        return self._shapes(val)
-
     def _shapes(self, val: Any) -> Any:
+        """A value torch traced (``node.meta["val"]``) with its tensors as
+        JAX shapes."""
         if isinstance(val, (list, tuple)):
             return [self._shapes(v) for v in val]
         if isinstance(val, self.torch.Tensor):
@@ -296,11 +294,11 @@ class _Builder:
         computed) and compares the output shapes with torch's, so that
         arguments the table cannot honour fail here, not at the first call."""
         names = [ref["ref"] for ref in _refs(arguments)]
-        leaves = [self._abstract(n) for n in names]
+        leaves = [self._shapes(self.nodes[n].meta.get("val")) for n in names]
 
         def run(*values):
             table = dict(zip(names, values))
-            return aten.OPS[op](**{k: _substitute(v, table) for k, v in arguments.items()})
+            return aten.OPS[op](**{k: substitute(v, table.__getitem__) for k, v in arguments.items()})
 
         try:
             result = jax.eval_shape(run, *leaves)
@@ -389,20 +387,6 @@ def _refs(value: Any):
     elif isinstance(value, list):
         for v in value:
             yield from _refs(v)
-
-
-def _substitute(value: Any, table: dict) -> Any:
-    """An argument ``value`` with each reference replaced by
-    ``table[name]`` and each dtype by its name."""
-    if isinstance(value, dict) and "ref" in value:
-        return table[value["ref"]]
-    if isinstance(value, dict) and "dtype" in value:
-        return value["dtype"]
-    if isinstance(value, dict):
-        return {k: _substitute(v, table) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_substitute(v, table) for v in value]
-    return value
 
 
 def _shape_tree(value: Any) -> Any:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -97,6 +98,18 @@ class ProgramSpec:
 
 def _is_ref(value: Any) -> bool:
     return isinstance(value, dict) and "ref" in value
+
+
+def substitute(value: Any, lookup: Callable[[str], Any]) -> Any:
+    """A step argument (or the outputs) with each reference ``{"ref":
+    name}`` replaced by ``lookup(name)`` and each dtype by its name."""
+    if _is_ref(value):
+        return lookup(value["ref"])
+    if isinstance(value, dict) and "dtype" in value:
+        return value["dtype"]
+    if isinstance(value, (list, tuple)):
+        return [substitute(v, lookup) for v in value]
+    return value
 
 
 def _attach(root: nnx.Module, path: str, name: str, value: Any) -> None:
@@ -197,18 +210,13 @@ class TorchProgram(nnx.Module):
         return self._resolve(self.spec.outputs, env)
 
     def _resolve(self, value: Any, env: dict) -> Any:
-        if _is_ref(value):
-            name = value["ref"]
+        def lookup(name: str) -> Any:
             if name not in env:
-                torch_name = self.spec.placeholders[name]
-                slot = self._slot(torch_name)
+                slot = self._slot(self.spec.placeholders[name])
                 env[name] = slot.to_torch(slot.variable[...])
             return env[name]
-        if isinstance(value, dict) and "dtype" in value:
-            return value["dtype"]
-        if isinstance(value, (list, tuple)):
-            return [self._resolve(v, env) for v in value]
-        return value
+
+        return substitute(value, lookup)
 
     @staticmethod
     def _photonic(op: str, unit: nnx.Module, args: dict, observe: bool) -> Array:

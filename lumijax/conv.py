@@ -8,7 +8,8 @@ product in one of two ways:
 
 * ``"native"``: :func:`lumijax.kernels.conv2d`, the native im2col kernels
   (blocks of the patch matrix filled and multiplied in cache, both
-  gradients too) on CPU, ``lax.conv_general_dilated`` elsewhere;
+  gradients too) on CPU, ``lax.conv_general_dilated`` elsewhere and for
+  dilated kernels;
 * ``"patches"``: the explicit patch matrix (zero padding, one strided slice
   per tap, concatenated along the channels; a slice alone for 1×1), times
   the kernel in one XLA ``dot_general``. The hardware modes use it where it
@@ -17,11 +18,16 @@ product in one of two ways:
 
 Both compute the same sums (up to float rounding), and both have gradients.
 The choice is static under ``jit`` (it depends on shapes alone).
+
+:class:`ConvTranspose2D` is the geometry of a transposed convolution: each
+input pixel times a ``(C_in, kh·kw·C_out)`` matrix (one product per pixel,
+no inserted zeros), the taps' contributions then added into the output.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Literal
 
@@ -58,16 +64,19 @@ class Conv2D:
         sides.
       lowering: ``"native"`` or ``"patches"`` for every input; default
         (``None``) chosen for each input shape by :meth:`lowering_for`.
+      dilation: ``(dh, dw)`` pixels between adjacent taps (1: contiguous).
     """
 
     kernel_size: tuple[int, int]
     strides: tuple[int, int] = (1, 1)
     padding: str | tuple[tuple[int, int], tuple[int, int]] = "SAME"
     lowering: Lowering | None = None
+    dilation: tuple[int, int] = (1, 1)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kernel_size", _pair(self.kernel_size, "kernel_size"))
         object.__setattr__(self, "strides", _pair(self.strides, "strides"))
+        object.__setattr__(self, "dilation", _pair(self.dilation, "dilation"))
         object.__setattr__(self, "padding", _normalize_padding(self.padding))
         if self.lowering not in (None, "native", "patches"):
             raise ValueError(f"lowering = {self.lowering!r}: use 'native', 'patches' or None (chosen per shape)")
@@ -76,22 +85,28 @@ class Conv2D:
     def taps(self) -> int:
         return self.kernel_size[0] * self.kernel_size[1]
 
+    @property
+    def extent(self) -> tuple[int, int]:
+        """Pixels ``(rows, columns)`` one output's taps span:
+        ``dilation·(k − 1) + 1``."""
+        return tuple(d * (k - 1) + 1 for d, k in zip(self.dilation, self.kernel_size))
+
     def pads(self, input_hw: Sequence[int]) -> tuple[tuple[int, int], tuple[int, int]]:
         """Explicit ``((top, bottom), (left, right))`` padding for an input
         of ``input_hw`` pixels."""
         if isinstance(self.padding, str):
-            pads = jax.lax.padtype_to_pads(tuple(input_hw), self.kernel_size, self.strides, self.padding)
+            pads = jax.lax.padtype_to_pads(tuple(input_hw), self.extent, self.strides, self.padding)
             return tuple(tuple(int(p) for p in pair) for pair in pads)
         return self.padding
 
     def output_hw(self, input_hw: Sequence[int]) -> tuple[int, int]:
         """Output pixels ``(H', W')`` for an input of ``input_hw`` pixels."""
         out = []
-        for size, k, s, (lo, hi) in zip(input_hw, self.kernel_size, self.strides, self.pads(input_hw)):
+        for size, k, s, (lo, hi) in zip(input_hw, self.extent, self.strides, self.pads(input_hw)):
             span = size + lo + hi - k
             if span < 0:
                 raise ValueError(f"a {tuple(input_hw)} image padded by {self.pads(input_hw)} is smaller than "
-                                 f"the {self.kernel_size} kernel")
+                                 f"the {self.kernel_size} kernel (dilation {self.dilation})")
             out.append(span // s + 1)
         return tuple(out)
 
@@ -117,19 +132,20 @@ class Conv2D:
         (top, bottom), (left, right) = self.pads(x.shape[1:3])
         ho, wo = self.output_hw(x.shape[1:3])
         x = jnp.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
-        (sh, sw), (kh, kw) = self.strides, self.kernel_size
+        (sh, sw), (kh, kw), (dh, dw) = self.strides, self.kernel_size, self.dilation
         n, _, _, c = x.shape
         return [
-            jax.lax.slice(x, (0, i, j, 0), (n, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c), (1, sh, sw, 1))
+            jax.lax.slice(x, (0, i * dh, j * dw, 0), (n, i * dh + (ho - 1) * sh + 1, j * dw + (wo - 1) * sw + 1, c),
+                          (1, sh, sw, 1))
             for i in range(kh) for j in range(kw)
         ]
 
     def reads_every_pixel(self, input_hw: Sequence[int]) -> bool:
         """Whether some tap reads every pixel of an ``input_hw`` image (not
         so when the stride skips rows or columns)."""
-        for size, k, s, (lo, _), out in zip(input_hw, self.kernel_size, self.strides, self.pads(input_hw),
-                                            self.output_hw(input_hw)):
-            read = {i + s * t for i in range(k) for t in range(out)}
+        for size, k, d, s, (lo, _), out in zip(input_hw, self.kernel_size, self.dilation, self.strides,
+                                               self.pads(input_hw), self.output_hw(input_hw)):
+            read = {d * i + s * t for i in range(k) for t in range(out)}
             if not all(lo + p in read for p in range(size)):
                 return False
         return True
@@ -159,6 +175,10 @@ class Conv2D:
                              f"({self.taps * x.shape[-1]}, out), got shape {kernel.shape}")
         if self.lowering_for(x.shape, exact=exact) == "patches":
             return jnp.matmul(self.patches(x), kernel)
+        if self.dilation != (1, 1):
+            return jax.lax.conv_general_dilated(
+                x, kernel.reshape(*self.kernel_size, x.shape[-1], -1), self.strides, self.pads(x.shape[1:3]),
+                rhs_dilation=self.dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return kernels.conv2d(x, kernel, self.kernel_size, self.strides, self.pads(x.shape[1:3]))
 
 
@@ -181,3 +201,69 @@ def _normalize_padding(padding: PaddingLike) -> str | tuple[tuple[int, int], tup
             isinstance(v, bool) or not isinstance(v, int) or v < 0 for p in pairs for v in p):
         raise ValueError(f"padding = {padding!r}: need 'SAME', 'VALID', a count ≥ 0 or two (low, high) pairs")
     return tuple(tuple(int(v) for v in p) for p in pairs)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvTranspose2D:
+    """The geometry of a transposed 2-D convolution over NHWC images
+    (torch's ``ConvTranspose2d``): input pixel ``(h, w)`` times the kernel's
+    tap ``(i, j)`` lands on output pixel ``(s_h·h + d_h·i − p_h, s_w·w +
+    d_w·j − p_w)``, and the contributions that land on one pixel add up.
+
+    Attributes:
+      kernel_size: ``(kh, kw)`` taps.
+      strides: ``(sh, sw)`` output pixels between adjacent input pixels.
+      padding: ``(ph, pw)`` output pixels cropped from each side.
+      output_padding: ``(oh, ow)`` output pixels added at the bottom and
+        right (less than the stride or the dilation, as in torch).
+      dilation: ``(dh, dw)`` output pixels between adjacent taps.
+    """
+
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: tuple[int, int] = (0, 0)
+    output_padding: tuple[int, int] = (0, 0)
+    dilation: tuple[int, int] = (1, 1)
+
+    def __post_init__(self) -> None:
+        for name in ("kernel_size", "strides", "dilation"):
+            object.__setattr__(self, name, _pair(getattr(self, name), name))
+        for name in ("padding", "output_padding"):
+            value = getattr(self, name)
+            pair = (value, value) if isinstance(value, int) else tuple(value)
+            if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in pair):
+                raise ValueError(f"{name} = {value!r}: need one integer ≥ 0 or two")
+            object.__setattr__(self, name, pair)
+        for o, s, d in zip(self.output_padding, self.strides, self.dilation):
+            if o >= max(s, d):
+                raise ValueError(f"output_padding {self.output_padding} must be smaller than the stride "
+                                 f"{self.strides} or the dilation {self.dilation}")
+
+    @property
+    def taps(self) -> int:
+        return self.kernel_size[0] * self.kernel_size[1]
+
+    def output_hw(self, input_hw: Sequence[int]) -> tuple[int, int]:
+        """Output pixels ``(s·(H − 1) − 2p + d·(k − 1) + o + 1)`` per axis."""
+        out = tuple((size - 1) * s - 2 * p + d * (k - 1) + o + 1 for size, s, p, d, k, o in zip(
+            input_hw, self.strides, self.padding, self.dilation, self.kernel_size, self.output_padding))
+        if min(out) < 1:
+            raise ValueError(f"a {tuple(input_hw)} image gives no output pixels with padding {self.padding}")
+        return out
+
+    def overlap_add(self, y: Array) -> Array:
+        """Adds every input pixel's tap contributions ``y`` ``(N, H, W, kh,
+        kw, C)`` into the output image ``(N, H', W', C)``."""
+        if y.ndim != 6 or y.shape[3:5] != self.kernel_size:
+            raise ValueError(f"overlap_add takes (N, H, W, {self.kernel_size[0]}, {self.kernel_size[1]}, C), got {y.shape}")
+        n, h, w, kh, kw, c = y.shape
+        ho, wo = self.output_hw((h, w))
+        (sh, sw), (ph, pw), (dh, dw) = self.strides, self.padding, self.dilation
+        zero = jnp.zeros((), y.dtype)
+
+        def placed(i: int, j: int) -> Array:
+            rows = (dh * i - ph, ho - (dh * i - ph) - (h - 1) * sh - 1, sh - 1)
+            columns = (dw * j - pw, wo - (dw * j - pw) - (w - 1) * sw - 1, sw - 1)
+            return jax.lax.pad(y[:, :, :, i, j], zero, ((0, 0, 0), rows, columns, (0, 0, 0)))
+
+        return functools.reduce(jnp.add, [placed(i, j) for i in range(kh) for j in range(kw)])

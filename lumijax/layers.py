@@ -29,7 +29,7 @@ from flax import nnx
 
 from lumijax import hardware as hw
 from lumijax import kernels, quant
-from lumijax.conv import Conv2D
+from lumijax.conv import Conv2D, ConvTranspose2D
 
 Array = jax.Array
 Mode = Literal["ideal", "expected", "noisy"]
@@ -384,9 +384,9 @@ class OpticalConv(QuantizedWeights):
     the input-channel axis on the wavelengths (adjacent channels of one tap
     are adjacent carriers). Parameters match ``nnx.Conv``: ``kernel``
     ``(kh, kw, C_in, C_out)``, ``bias`` ``(C_out,)``; ``padding`` is
-    ``"SAME"``, ``"VALID"`` or explicit zero padding (see
-    :class:`~lumijax.conv.Conv2D`, which lowers every product, ideal or
-    not, to XLA per shape).
+    ``"SAME"``, ``"VALID"`` or explicit zero padding, ``dilation`` the
+    pixels between taps (see :class:`~lumijax.conv.Conv2D`, which lowers
+    every product, ideal or not, to XLA per shape).
     """
 
     def __init__(
@@ -399,6 +399,7 @@ class OpticalConv(QuantizedWeights):
         padding: str | tuple = "SAME",
         use_bias: bool = True,
         groups: int = 1,
+        dilation: int | tuple[int, int] = 1,
         weight_bits: int = 8,
         core: PhotonicCore | None = None,
         rngs: nnx.Rngs,
@@ -406,11 +407,12 @@ class OpticalConv(QuantizedWeights):
         _check_features(in_features, out_features)
         if groups < 1 or in_features % groups or out_features % groups:
             raise ValueError(f"groups = {groups}: must divide in_features = {in_features} and out_features = {out_features}")
-        self.geometry = Conv2D(kernel_size, strides, padding)
+        self.geometry = Conv2D(kernel_size, strides, padding, dilation=dilation)
         self.strides = self.geometry.strides
         self.groups = groups
         self.conv = nnx.Conv(in_features, out_features, self.geometry.kernel_size, self.strides, padding=padding,
-                             feature_group_count=groups, use_bias=use_bias, rngs=rngs)
+                             feature_group_count=groups, kernel_dilation=self.geometry.dilation, use_bias=use_bias,
+                             rngs=rngs)
         self.core = core or PhotonicCore(rngs=rngs)
         self._init_scales(self.weight_matrix(), weight_bits)
 
@@ -438,7 +440,8 @@ class OpticalConv(QuantizedWeights):
         if self.core.mode == "ideal":
             return jax.lax.conv_general_dilated(
                 x, self.conv.kernel[...], self.strides, self.geometry.pads(x.shape[1:3]),
-                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.groups)
+                rhs_dilation=self.geometry.dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                feature_group_count=self.groups)
         groups, taps = self.groups, self.geometry.taps
         patches = self.geometry.patches(x)
         n, ho, wo, _ = patches.shape
@@ -452,6 +455,85 @@ class OpticalConv(QuantizedWeights):
         """The weights as the core holds them, ``(out, kh·kw·C_in/groups)``
         (one row per output; a row's inputs are its group's patches)."""
         return self._kernel_matrix().T
+
+
+class OpticalConvTranspose(QuantizedWeights):
+    """Transposed 2-D convolution (NHWC, torch's ``ConvTranspose2d``) with
+    the products on the photonic core.
+
+    Every input pixel's ``C_in`` values (on the wavelengths) meet a bank of
+    ``kh·kw·C_out`` rows, one per output channel and tap; the taps'
+    detected and converted partial sums are then added into the output
+    image electronically (:meth:`~lumijax.conv.ConvTranspose2D.overlap_add`).
+    With ``groups``, group ``g``'s inputs meet a bank of its own. Parameters:
+    ``kernel`` ``(C_in, kh, kw, C_out/groups)`` (torch's weight with its
+    output axis last), ``bias`` ``(C_out,)``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | tuple[int, int],
+        strides: int | tuple[int, int] = 1,
+        *,
+        padding: int | tuple[int, int] = 0,
+        output_padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        use_bias: bool = True,
+        weight_bits: int = 8,
+        core: PhotonicCore | None = None,
+        rngs: nnx.Rngs,
+    ):
+        _check_features(in_features, out_features)
+        if groups < 1 or in_features % groups or out_features % groups:
+            raise ValueError(f"groups = {groups}: must divide in_features = {in_features} and out_features = {out_features}")
+        self.geometry = ConvTranspose2D(kernel_size, strides, padding, output_padding, dilation)
+        self.groups = groups
+        shape = (in_features, *self.geometry.kernel_size, out_features // groups)
+        fan_in = in_features // groups * self.geometry.taps
+        self.kernel = nnx.Param(jax.random.normal(rngs.params(), shape) / np.sqrt(fan_in))
+        self.bias = nnx.Param(jnp.zeros((out_features,))) if use_bias else None
+        self.core = core or PhotonicCore(rngs=rngs)
+        self._init_scales(self.weight_matrix(), weight_bits)
+
+    def _banks(self) -> Array:
+        """The kernel as one ``(C_in/groups, kh·kw·C_out/groups)`` matrix
+        per group: ``(groups, C_in/groups, taps·C_out/groups)``."""
+        kernel = self.kernel[...]
+        return kernel.reshape(self.groups, kernel.shape[0] // self.groups, -1)
+
+    def __call__(self, x: Array, *, observe: bool = False) -> Array:
+        """``x`` ``(N, H, W, C_in)`` → ``(N, H', W', C_out)``."""
+        if x.ndim != 4 or x.shape[-1] != self.kernel.shape[0]:
+            raise ValueError(f"takes NHWC images of {self.kernel.shape[0]} channels, got shape {x.shape}")
+        n, h, w, _ = x.shape
+        groups, (kh, kw) = self.groups, self.geometry.kernel_size
+        banks = self._banks()
+        if self.core.mode != "ideal":
+            fan_in = banks.shape[1]
+            banks = self.quantized_kernel(banks.transpose(1, 0, 2).reshape(fan_in, -1)).reshape(fan_in, groups, -1)
+            banks = banks.transpose(1, 0, 2)
+        if groups == 1:
+            pixels = x.reshape(n * h * w, -1)
+            y = kernels.matmul(pixels, banks[0]) if self.core.mode == "ideal" else self.core.product(
+                pixels, banks[0], observe=observe, slot_order=self.slot_order)
+            y = y[None]
+        else:
+            pixels = x.reshape(n * h * w, groups, -1).transpose(1, 0, 2)
+            y = jnp.matmul(pixels, banks) if self.core.mode == "ideal" else self.core.product(
+                pixels, banks, observe=observe, slot_order=self.slot_order)
+        y = y.reshape(groups, n, h, w, kh, kw, -1).transpose(1, 2, 3, 4, 5, 0, 6).reshape(n, h, w, kh, kw, -1)
+        y = self.geometry.overlap_add(y)
+        return y + self.bias[...] if self.bias is not None else y
+
+    def weight_matrix(self) -> Array:
+        """The weights as the core holds them, ``(groups·kh·kw·C_out/groups,
+        C_in/groups)``: group ``g``'s rows after group ``g − 1``'s, a row's
+        inputs its group's channels of one pixel."""
+        banks = self._banks()
+        return banks.transpose(1, 0, 2).reshape(banks.shape[1], -1).T
 
 
 class ComplexOpticalLinear(nnx.Module):

@@ -174,6 +174,8 @@ class _Builder:
     def conv(self, name: str, x: str, layer: layers.OpticalConv) -> str:
         if layer.groups > 1:
             raise ValueError(f"{name}: a grouped convolution (groups = {layer.groups}) has no .lmn node")
+        if layer.geometry.dilation != (1, 1):
+            raise ValueError(f"{name}: a dilated convolution (dilation = {layer.geometry.dilation}) has no .lmn node")
         n, h, w, _ = self.shape(x)
         kh, kw, _, cout = layer.conv.kernel[...].shape
         (pt, pb), (pl, pr) = layer.conv.padding

@@ -9,10 +9,11 @@ from flax import nnx
 
 from lumijax import hardware as hw
 from lumijax import layers
-from lumijax.conv import Conv2D
+from lumijax.conv import Conv2D, ConvTranspose2D
 
-# (N, H, W, C_in, C_out, kernel, strides, padding): odd sizes, strides 1
-# and 2, asymmetric padding, 1×1 and 7×7 kernels, images of 1 and 2 pixels.
+# (N, H, W, C_in, C_out, kernel, strides, padding[, dilation]): odd sizes,
+# strides 1 and 2, asymmetric padding, 1×1 and 7×7 kernels, images of 1 and
+# 2 pixels, dilated (atrous) kernels.
 CASES = [
     (2, 7, 5, 3, 4, (3, 3), (1, 1), "SAME"),
     (2, 9, 8, 3, 5, (3, 3), (2, 2), "SAME"),
@@ -23,30 +24,35 @@ CASES = [
     (2, 1, 1, 8, 5, (3, 3), (1, 1), ((1, 1), (1, 1))),
     (2, 2, 2, 6, 4, (3, 3), (2, 2), ((1, 1), (1, 1))),
     (2, 2, 1, 5, 3, (3, 3), (1, 1), "SAME"),
+    (2, 9, 8, 3, 4, (3, 3), (1, 1), "SAME", (2, 3)),
+    (1, 11, 9, 2, 3, (3, 2), (2, 1), ((2, 1), (0, 2)), (2, 2)),
 ]
 
 
-def reference(x, kernel, strides, padding):
-    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                        precision=jax.lax.Precision.HIGHEST)
+def reference(x, kernel, strides, padding, dilation=(1, 1)):
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, rhs_dilation=dilation,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=jax.lax.Precision.HIGHEST)
 
 
 @pytest.mark.parametrize("lowering", ["patches", "native"])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[1]}x{c[2]}-k{c[5][0]}{c[5][1]}-s{c[6][0]}{c[6][1]}")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[1]}x{c[2]}-k{c[5][0]}{c[5][1]}-s{c[6][0]}{c[6][1]}"
+                                                    + (f"-d{c[8][0]}{c[8][1]}" if len(c) > 8 else ""))
 def test_lowering_equals_conv_general_dilated(case, lowering):
-    n, h, w, cin, cout, kernel_size, strides, padding = case
+    n, h, w, cin, cout, kernel_size, strides, padding, *dilation = case
+    dilation = dilation[0] if dilation else (1, 1)
     kx, kk, kg = jax.random.split(jax.random.key(sum(case[:5])), 3)
     x = jax.random.normal(kx, (n, h, w, cin), jnp.float32)
     kernel = jax.random.normal(kk, (*kernel_size, cin, cout), jnp.float32)
-    geometry = Conv2D(kernel_size, strides, padding, lowering=lowering)
+    geometry = Conv2D(kernel_size, strides, padding, lowering=lowering, dilation=dilation)
     got = jax.jit(geometry)(x, kernel.reshape(-1, cout))
-    want = reference(x, kernel, strides, padding)
+    want = reference(x, kernel, strides, padding, dilation)
     assert got.shape == want.shape == (n, *geometry.output_hw((h, w)), cout)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
     cotangent = jax.random.normal(kg, want.shape, jnp.float32)
     mine = jax.jit(jax.grad(lambda x, k: jnp.sum(geometry(x, k.reshape(-1, cout)) * cotangent), argnums=(0, 1)))(x, kernel)
-    theirs = jax.jit(jax.grad(lambda x, k: jnp.sum(reference(x, k, strides, padding) * cotangent), argnums=(0, 1)))(x, kernel)
+    theirs = jax.jit(jax.grad(lambda x, k: jnp.sum(reference(x, k, strides, padding, dilation) * cotangent),
+                              argnums=(0, 1)))(x, kernel)
     for a, b in zip(mine, theirs):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
@@ -69,7 +75,8 @@ def test_the_dac_sees_the_pixels_the_patches_read():
     all of them, or (when a stride skips some) the tap slices."""
     x = jax.random.normal(jax.random.key(5), (2, 9, 8, 3))
     skipped = jnp.abs(x).at[:, 2::3].set(-50.0)  # rows a (2, 3) kernel of stride 3 never reads
-    for geometry in (Conv2D(3, 2, 1), Conv2D(1, 2, 0), Conv2D((2, 3), (3, 1), ((0, 1), (1, 1))), Conv2D(3, 1, "VALID")):
+    for geometry in (Conv2D(3, 2, 1), Conv2D(1, 2, 0), Conv2D((2, 3), (3, 1), ((0, 1), (1, 1))), Conv2D(3, 1, "VALID"),
+                     Conv2D(2, 1, "VALID", dilation=3)):
         for image in (x, jnp.abs(x), skipped):
             patches = np.asarray(geometry.patches(image))
             parts = geometry.dac_inputs(image)
@@ -77,6 +84,7 @@ def test_the_dac_sees_the_pixels_the_patches_read():
             assert (min(float(np.min(p)) for p in parts) < 0) == (patches.min() < 0)
     assert Conv2D(3, 2, 1).reads_every_pixel((9, 8)) and not Conv2D(1, 2, 0).reads_every_pixel((9, 8))
     assert not Conv2D((2, 3), (3, 1), ((0, 1), (1, 1))).reads_every_pixel((9, 8))  # 2 rows of every 3
+    assert not Conv2D(2, 3, "VALID", dilation=2).reads_every_pixel((9, 8))  # taps 0, 2, 3, 5, …
 
 
 def test_the_choice_follows_exactness_and_size():
@@ -102,6 +110,14 @@ def test_bad_geometry_and_operands_raise():
         Conv2D(3)(jnp.ones((4, 4, 3)), jnp.ones((27, 2)))
     with pytest.raises(ValueError, match=r"\(27, out\)"):
         Conv2D(3)(jnp.ones((1, 4, 4, 3)), jnp.ones((26, 2)))
+    with pytest.raises(ValueError, match="smaller than"):
+        Conv2D(3, 1, "VALID", dilation=2).output_hw((4, 9))  # a 5-pixel span
+    with pytest.raises(ValueError, match="output_padding"):
+        ConvTranspose2D(3, 2, output_padding=2)
+    with pytest.raises(ValueError, match="no output pixels"):
+        ConvTranspose2D(1, 1, padding=1).output_hw((2, 2))
+    with pytest.raises(ValueError, match="overlap_add takes"):
+        ConvTranspose2D(3).overlap_add(jnp.ones((1, 2, 2, 3, 2, 4)))
 
 
 def patch_product(layer, x, mode, key=None):

@@ -224,8 +224,10 @@ def test_real_architectures_match_torch(name):
     torch.nn.Conv2d(6, 6, 3, padding=1, groups=6),  # depthwise
     torch.nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2, bias=False),
     torch.nn.Conv2d(6, 6, (1, 3), padding=(0, 1), groups=3),
+    torch.nn.Conv2d(6, 4, 3, padding=2, dilation=2),  # atrous
+    torch.nn.Conv2d(6, 6, 3, stride=2, padding=(2, 1), dilation=(2, 1), groups=6),
 ])
-def test_grouped_convolutions_match_torch(conv):
+def test_grouped_and_dilated_convolutions_match_torch(conv):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, conv.in_channels, 1), conv, torch.nn.ReLU())
     assert_matches_torch(model, images((2, 3, 7, 7)))
@@ -274,3 +276,57 @@ def test_conv1d_matches_torch(conv):
     assert_matches_torch(model, x)
     noisy = convert.from_torch(model, (x,), hw.HardwareConfig(), "noisy")
     assert np.isfinite(np.asarray(noisy(x.numpy()))).all()
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_dilated_convolution_on_the_core(groups):
+    """A dilated kernel's taps read pixels ``dilation`` apart: on the
+    hardware, with 16-bit converters and compensated crosstalk, the layer is
+    torch's dilated convolution up to the converters' rounding."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(4, 6, 3, padding=3, dilation=3, groups=groups))
+    x = images((2, 4, 9, 9))
+    reference = model(x).detach().numpy()
+    config = hw.HardwareConfig(num_channels=4, channel_spacing_nm=0.2, dac_bits=16, adc_bits=16)
+    program = convert.from_torch(model, (x,), config, "expected", weight_bits=16)
+    assert relative_error(program(x.numpy()), reference) <= 1e-3
+
+
+@pytest.mark.parametrize("deconv", [
+    torch.nn.ConvTranspose2d(4, 3, 2, stride=2),  # U-Net up-sampling
+    torch.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, bias=False),
+    torch.nn.ConvTranspose2d(4, 6, (3, 2), stride=(1, 2), padding=(1, 0), dilation=(2, 1), groups=2),
+    torch.nn.ConvTranspose1d(4, 2, 4, stride=2, padding=1),
+])
+def test_transposed_convolutions_match_torch(deconv):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(deconv, torch.nn.Tanh())
+    x = images((2, 4, 5, 5) if isinstance(deconv, torch.nn.ConvTranspose2d) else (2, 4, 7))
+    assert_matches_torch(model, x)
+
+
+def test_transposed_convolution_is_one_product_per_pixel_on_the_core():
+    """On the hardware each input pixel's channels meet one bank of
+    ``kh·kw·C_out`` rows (no inserted zeros): with 16-bit converters the
+    layer equals ``photonic_matmul`` of the pixels, overlap-added; and the
+    summary counts torch's multiply-adds, not those of a zero-stuffed
+    input."""
+    from flax import nnx
+
+    from lumijax import layers
+
+    config = hw.HardwareConfig(num_channels=4, channel_spacing_nm=0.2)
+    core = layers.PhotonicCore(config, mode="expected", input_bits=16, output_bits=16, compensate=False, rngs=nnx.Rngs(0))
+    layer = layers.OpticalConvTranspose(4, 3, 3, 2, padding=1, weight_bits=16, use_bias=False, core=core, rngs=nnx.Rngs(1))
+    x = jax.random.normal(jax.random.key(2), (2, 5, 5, 4))
+    taps = hw.photonic_matmul(x.reshape(-1, 4), layer.quantized(layer.weight_matrix()), config, compensate=False,
+                              input_full_scale=jnp.max(jnp.abs(x)))
+    reference = layer.geometry.overlap_add(taps.reshape(2, 5, 5, 3, 3, 3))
+    ours = layer(x)
+    assert ours.shape == (2, 9, 9, 3)
+    assert relative_error(ours, reference) <= 1e-3
+    assert relative_error(ours, layers.set_mode(nnx.clone(layer), "ideal")(x)) > 1e-2  # the crosstalk is there
+
+    model = torch.nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, bias=False)
+    summary = convert.summarize(convert.from_torch(model, (images((2, 4, 5, 5)),)))
+    assert summary.photonic_flops == 2 * 2 * 5 * 5 * 4 * 3 * 9

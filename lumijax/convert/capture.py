@@ -206,35 +206,42 @@ class _Builder:
             raise ConversionError("linear with a computed bias")
         return bias[0] if bias and bias[0] not in self.tensors else None
 
-    def _conv_unit(self, bound: dict, spatial: int) -> str:
-        """A ``spatial``-D convolution (1 or 2) as an :class:`OpticalConv`;
-        a 1-D one is a 2-D one of kernel height 1 over one row."""
-        kind = f"conv{spatial}d"
+    def _conv_unit(self, bound: dict, spatial: int, transposed: bool) -> str:
+        """A ``spatial``-D convolution (1 or 2) as an :class:`OpticalConv`,
+        or a transposed one as an :class:`OpticalConvTranspose`; a 1-D one
+        is a 2-D one of kernel height 1 over one row."""
+        kind = f"conv{'_transpose' if transposed else ''}{spatial}d"
         weight = self._param(bound["weight"], 2 + spatial)
         if weight is None:
             raise ConversionError(f"{kind} whose weight is not a parameter")
         if isinstance(bound["padding"], str):
             raise ConversionError(f"{kind} with padding={bound['padding']!r} (give the padding in pixels)")
-        if any(d != 1 for d in bound["dilation"]):
-            raise ConversionError(f"{kind} with dilation={list(bound['dilation'])} (only dilation 1 maps to the core)")
         name = weight[0]
         if name in self.owner:
             raise ConversionError(f"{kind} weight {name} used by two convolutions")
         groups = int(bound["groups"])
-        out_channels, group_channels, *taps = self.values[name].shape
+        first, second, *taps = (int(d) for d in self.values[name].shape)
+        in_features, out_features = (first, second * groups) if transposed else (second * groups, first)
         bias = self._param(bound["bias"], 1) if bound["bias"] is not None else None
         if bound["bias"] is not None and bias is None:
             raise ConversionError(f"{kind} with a computed bias")
         path = self._module_home(name.removesuffix(".weight"), name)
-        lead = [1] * (2 - spatial)
-        pad, stride = [int(p) for p in bound["padding"]], [int(s) for s in bound["stride"]]
-        self.modules[path] = {"kind": "conv", "in": int(group_channels * groups), "out": int(out_channels),
-                              "kernel": lead + [int(t) for t in taps], "stride": lead + stride * (spatial // len(stride)),
-                              "padding": [0] * (2 - spatial) + pad * (spatial // len(pad)), "bias": bias is not None,
-                              "groups": groups}
-        self._layer_tensor(name, path, "conv.kernel", "conv" if spatial == 2 else "conv1d")
+
+        def per_axis(argument: str, fill: int) -> list[int]:
+            values = [int(v) for v in bound[argument]]
+            return [fill] * (2 - spatial) + values * (spatial // len(values))
+
+        module = {"kind": "conv_transpose" if transposed else "conv", "in": in_features, "out": out_features,
+                  "kernel": [1] * (2 - spatial) + taps, "stride": per_axis("stride", 1),
+                  "padding": per_axis("padding", 0), "dilation": per_axis("dilation", 1),
+                  "bias": bias is not None, "groups": groups}
+        if transposed:
+            module["output_padding"] = per_axis("output_padding", 0)
+        self.modules[path] = module
+        attr = "kernel" if transposed else "conv.kernel"
+        self._layer_tensor(name, path, attr, kind.removesuffix("2d"))
         if bias is not None:
-            self._layer_tensor(bias[0], path, "conv.bias", "same")
+            self._layer_tensor(bias[0], path, "bias" if transposed else "conv.bias", "same")
         self.owner[name] = (path, "conv")
         return path
 
@@ -246,7 +253,7 @@ class _Builder:
 
     def _unit(self, node, op: str, bound: dict) -> str | None:
         if op in CONVS:
-            return self._conv_unit(bound, CONVS[op])
+            return self._conv_unit(bound, *CONVS[op])
         if op == ATTENTION:
             if bound["dropout_p"] or bound["enable_gqa"]:
                 raise ConversionError("scaled_dot_product_attention with dropout or grouped-query attention")

@@ -14,18 +14,34 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 from flax import nnx
 
 from lumijax import layers
 
-Layout = Literal["same", "transpose", "conv", "conv1d"]
 _WRAPPERS = ("model", "state_dict", "model_state_dict")
 _PREFIXES = ("_orig_mod.", "module.")
+
+#: How a torch tensor is laid out in an NNX variable: ``(torch → ours, ours
+#: → torch)``. ``"same"``; ``"transpose"``, an ``nn.Linear`` weight ``(out,
+#: in)`` into a kernel ``(in, out)``; ``"conv"``, a convolution weight ``(O,
+#: I, kh, kw)`` into an NHWC kernel ``(kh, kw, I, O)``; ``"conv1d"``, a 1-D
+#: one ``(O, I, k)`` into the kernel ``(1, k, I, O)`` of a one-row 2-D one;
+#: ``"conv_transpose"``, a transposed convolution's weight ``(I, O, kh, kw)``
+#: into ``(I, kh, kw, O)``; ``"conv_transpose1d"``, ``(I, O, k)`` into ``(I,
+#: 1, k, O)``.
+LAYOUTS: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]] = {
+    "same": (lambda a: a, lambda a: a),
+    "transpose": (lambda a: a.T, lambda a: a.T),
+    "conv": (lambda a: a.transpose(2, 3, 1, 0), lambda a: a.transpose(3, 2, 0, 1)),
+    "conv1d": (lambda a: a.transpose(2, 1, 0)[None], lambda a: a[0].transpose(2, 1, 0)),
+    "conv_transpose": (lambda a: a.transpose(0, 2, 3, 1), lambda a: a.transpose(0, 3, 1, 2)),
+    "conv_transpose1d": (lambda a: a.transpose(0, 2, 1)[:, None], lambda a: a[:, 0].transpose(0, 2, 1)),
+}
 
 
 class CheckpointError(ValueError):
@@ -38,46 +54,26 @@ class Slot:
 
     Attributes:
       variable: the NNX variable it fills.
-      layout: ``"same"``; ``"transpose"``, a torch ``nn.Linear`` weight
-        ``(out, in)`` into a kernel ``(in, out)``; or ``"conv"``, a torch
-        convolution weight ``(O, I, kh, kw)`` into an NHWC kernel
-        ``(kh, kw, I, O)``; or ``"conv1d"``, a torch 1-D convolution weight
-        ``(O, I, k)`` into the kernel ``(1, k, I, O)`` of a one-row 2-D one.
+      layout: a key of :data:`LAYOUTS`.
     """
 
     variable: nnx.Variable
-    layout: Layout = "same"
+    layout: str = "same"
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout = {self.layout!r}: use one of {sorted(LAYOUTS)}")
 
     def torch_shape(self) -> tuple[int, ...]:
         shape = tuple(self.variable[...].shape)
-        if self.layout == "transpose":
-            return shape[::-1]
-        if self.layout == "conv":
-            kh, kw, i, o = shape
-            return (o, i, kh, kw)
-        if self.layout == "conv1d":
-            _, k, i, o = shape
-            return (o, i, k)
-        return shape
+        return tuple(self.to_torch(np.broadcast_to(np.zeros((), np.float32), shape)).shape)
 
     def from_torch(self, array: np.ndarray) -> np.ndarray:
-        if self.layout == "transpose":
-            return array.T
-        if self.layout == "conv":
-            return array.transpose(2, 3, 1, 0)
-        if self.layout == "conv1d":
-            return array.transpose(2, 1, 0)[None]
-        return array
+        return LAYOUTS[self.layout][0](array)
 
     def to_torch(self, value: Any) -> Any:
         """The variable's value (numpy or jax) in torch's layout."""
-        if self.layout == "transpose":
-            return value.T
-        if self.layout == "conv":
-            return value.transpose(3, 2, 0, 1)
-        if self.layout == "conv1d":
-            return value[0].transpose(2, 1, 0)
-        return value
+        return LAYOUTS[self.layout][1](value)
 
     def assign(self, array: np.ndarray) -> None:
         self.variable[...] = np.ascontiguousarray(self.from_torch(array)).astype(self.variable[...].dtype)

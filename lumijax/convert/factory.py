@@ -45,6 +45,7 @@ class LayerFactory:
         *,
         use_bias: bool,
         groups: int = 1,
+        dilation: int | Sequence[int] = 1,
         rngs: nnx.Rngs,
     ) -> layers.OpticalConv:
         """A torch-style NHWC convolution: explicit symmetric zero padding of
@@ -53,7 +54,30 @@ class LayerFactory:
         return layers.OpticalConv(
             in_features, out_features, tuple(kernel_size) if not isinstance(kernel_size, int) else kernel_size,
             tuple(stride) if not isinstance(stride, int) else stride, padding=((ph, ph), (pw, pw)),
-            use_bias=use_bias, groups=groups, weight_bits=self.weight_bits, core=self.core(rngs), rngs=rngs,
+            use_bias=use_bias, groups=groups, dilation=tuple(dilation) if not isinstance(dilation, int) else dilation,
+            weight_bits=self.weight_bits, core=self.core(rngs), rngs=rngs,
+        )
+
+    def conv_transpose(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: Sequence[int],
+        stride: Sequence[int],
+        padding: Sequence[int],
+        output_padding: Sequence[int],
+        dilation: Sequence[int],
+        *,
+        use_bias: bool,
+        groups: int = 1,
+        rngs: nnx.Rngs,
+    ) -> layers.OpticalConvTranspose:
+        """A torch-style NHWC transposed convolution (``(rows, columns)``
+        for each of the geometry's pairs)."""
+        return layers.OpticalConvTranspose(
+            in_features, out_features, tuple(kernel_size), tuple(stride), padding=tuple(padding),
+            output_padding=tuple(output_padding), dilation=tuple(dilation), groups=groups, use_bias=use_bias,
+            weight_bits=self.weight_bits, core=self.core(rngs), rngs=rngs,
         )
 
     def tied_head(self, embedding: nnx.Embed, rngs: nnx.Rngs) -> layers.TiedOpticalLinear:

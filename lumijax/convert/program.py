@@ -8,8 +8,9 @@ spec with jnp, running every matrix product on a photonic layer:
 
 * ``linear``, ``addmm``, ``mm``, ``matmul`` whose weight operand is a
   parameter (or its transpose) → :class:`~lumijax.layers.OpticalLinear`;
-* ``conv2d`` and ``conv1d`` (one row) → :class:`~lumijax.layers.OpticalConv`
-  (NCHW kept outside);
+* ``conv2d`` and ``conv1d`` (one row) → :class:`~lumijax.layers.OpticalConv`,
+  ``conv_transpose2d`` and ``conv_transpose1d`` →
+  :class:`~lumijax.layers.OpticalConvTranspose` (NCHW kept outside);
 * products of two activations (``bmm``, ``matmul``, ``mm``) and
   ``scaled_dot_product_attention`` → a :class:`~lumijax.layers.PhotonicCore`
   of their own.
@@ -41,9 +42,10 @@ Array = jax.Array
 WEIGHT_PRODUCTS = {"aten.linear.default", "aten.addmm.default", "aten.mm.default", "aten.matmul.default"}
 ACTIVATION_PRODUCTS = {"aten.mm.default", "aten.matmul.default", "aten.bmm.default"}
 ATTENTION = "aten.scaled_dot_product_attention.default"
-CONVS = {"aten.conv1d.default": 1, "aten.conv2d.default": 2}
-"""Convolutions by their number of spatial axes (a 1-D one runs as a 2-D
-one over a single row)."""
+CONVS = {"aten.conv1d.default": (1, False), "aten.conv2d.default": (2, False),
+         "aten.conv_transpose1d.default": (1, True), "aten.conv_transpose2d.input": (2, True)}
+"""Convolutions: ``(spatial axes, transposed)`` (a 1-D one runs as a 2-D one
+over a single row)."""
 TRANSPOSES = {"aten.t.default", "aten.transpose.int", "aten.permute.default"}
 
 
@@ -70,7 +72,7 @@ class ProgramSpec:
         ``{"ref": name}``, a dtype ``{"dtype": name}``.
       outputs: the output structure, with references.
       modules: photonic layers and cores by dotted path, each
-        ``{"kind": "linear" | "conv" | "core", ...}``.
+        ``{"kind": "linear" | "conv" | "conv_transpose" | "core", ...}``.
       tensors: parameters and buffers by torch name: ``{"path", "attr",
         "layout", "kind": "param" | "buffer" | "layer", "shape", "dtype"}``.
       placeholders: graph placeholder → torch name.
@@ -160,7 +162,12 @@ class TorchProgram(nnx.Module):
             return factory.linear(module["in"], module["out"], use_bias=module["bias"], rngs=rngs)
         if module["kind"] == "conv":
             return factory.conv(module["in"], module["out"], module["kernel"], module["stride"], module["padding"],
-                                use_bias=module["bias"], groups=module.get("groups", 1), rngs=rngs)
+                                use_bias=module["bias"], groups=module.get("groups", 1),
+                                dilation=module.get("dilation", 1), rngs=rngs)
+        if module["kind"] == "conv_transpose":
+            return factory.conv_transpose(module["in"], module["out"], module["kernel"], module["stride"],
+                                          module["padding"], module["output_padding"], module["dilation"],
+                                          use_bias=module["bias"], groups=module["groups"], rngs=rngs)
         return factory.core(rngs)
 
     @property

@@ -330,3 +330,67 @@ def test_transposed_convolution_is_one_product_per_pixel_on_the_core():
     model = torch.nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, bias=False)
     summary = convert.summarize(convert.from_torch(model, (images((2, 4, 5, 5)),)))
     assert summary.photonic_flops == 2 * 2 * 5 * 5 * 4 * 3 * 9
+
+
+class Sequence(torch.nn.Module):
+    """A recurrent layer's outputs and final hidden state, side by side."""
+
+    def __init__(self, rnn):
+        super().__init__()
+        self.rnn = rnn
+
+    def forward(self, x, *state):
+        y, final = self.rnn(x, *state)
+        h = final[0] if isinstance(final, tuple) else final
+        return torch.cat([y.reshape(-1), h.reshape(-1)])
+
+
+@pytest.mark.parametrize("rnn,shape", [
+    (torch.nn.LSTM(4, 6, num_layers=2, batch_first=True), (2, 5, 4)),
+    (torch.nn.LSTM(4, 5, bidirectional=True, bias=False), (5, 2, 4)),
+    (torch.nn.GRU(4, 6, num_layers=2, bidirectional=True), (5, 2, 4)),
+    (torch.nn.GRU(3, 4, batch_first=True), (3, 6, 3)),
+], ids=["lstm-2-layers", "lstm-bidirectional-no-bias", "gru-2-layers-bidirectional", "gru"])
+def test_recurrent_layers_match_torch(rnn, shape):
+    """Gate order (LSTM i, f, g, o; GRU r, z, n with ``b_hn`` inside the
+    reset product), both biases, directions and stacking as torch."""
+    torch.manual_seed(0)
+    assert_matches_torch(Sequence(rnn), images(shape))
+
+
+def test_recurrent_layers_take_an_initial_state_and_run_their_gates_on_the_core():
+    torch.manual_seed(0)
+    lstm = Sequence(torch.nn.LSTM(3, 4, bidirectional=True)).eval()
+    x, h0, c0 = images((6, 2, 3)), images((2, 2, 4), 1), images((2, 2, 4), 2)
+    reference = lstm(x, (h0, c0)).detach().numpy()
+    program = convert.from_torch(lstm, (x, (h0, c0)))
+    assert relative_error(program(x.numpy(), h0.numpy(), c0.numpy()), reference) <= PARITY
+    summary = convert.summarize(program)
+    assert summary.weighted_layers == 4  # W_ih and W_hh of each direction
+    gates = 4 * 4
+    assert summary.photonic_flops == 2 * (2 * 6 * 2 * (3 * gates + 4 * gates))  # 2 directions × T·N·(I + H)·4H MACs
+
+    config = hw.HardwareConfig(dac_bits=16, adc_bits=16)
+    exact = convert.from_torch(lstm, (x, (h0, c0)), config, "expected", weight_bits=16)
+    assert relative_error(exact(x.numpy(), h0.numpy(), c0.numpy()), reference) <= 1e-3
+    noisy = convert.from_torch(lstm, (x, (h0, c0)), hw.HardwareConfig(), "noisy", weight_bits=4)
+    out = noisy(x.numpy(), h0.numpy(), c0.numpy())
+    assert np.isfinite(np.asarray(out)).all() and 1e-3 < relative_error(out, reference) < 0.5
+
+
+def test_recurrent_layers_that_do_not_map_are_refused():
+    lstm = Sequence(torch.nn.LSTM(3, 4, proj_size=2))
+    with pytest.raises(convert.ConversionError, match="proj_size"):
+        convert.from_torch(lstm, (images((5, 2, 3)),))
+
+    from flax import nnx
+
+    from lumijax import recurrent
+
+    rnn = recurrent.OpticalRNN("lstm", 3, 4, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"\(T, N, features\)"):
+        rnn(jnp.ones((5, 3)))
+    with pytest.raises(ValueError, match="2 initial state"):
+        rnn(jnp.ones((5, 2, 3)), (jnp.zeros((1, 2, 4)),))
+    with pytest.raises(ValueError, match="cell"):
+        recurrent.OpticalRNN("rnn_tanh", 3, 4, rngs=nnx.Rngs(0))

@@ -7,6 +7,7 @@ import dataclasses
 import inspect
 import operator
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -20,7 +21,7 @@ from lumijax.convert import aten
 from lumijax.convert.checkpoint import load_state_dict, state_dict_arrays
 from lumijax.convert.factory import LayerFactory
 from lumijax.convert.program import (
-    ACTIVATION_PRODUCTS, ATTENTION, CONVS, TRANSPOSES, WEIGHT_PRODUCTS, ConversionError, Namespace, ProgramSpec, TorchProgram,
+    ACTIVATION_PRODUCTS, ATTENTION, CONVS, RECURRENT, TRANSPOSES, WEIGHT_PRODUCTS, ConversionError, Namespace, ProgramSpec, TorchProgram,
     substitute,
 )
 
@@ -245,6 +246,40 @@ class _Builder:
         self.owner[name] = (path, "conv")
         return path
 
+    def _recurrent_unit(self, bound: dict, cell: str) -> str:
+        """An ``nn.LSTM`` or ``nn.GRU`` as an :class:`OpticalRNN`: each
+        layer's and direction's ``weight_ih``/``weight_hh`` (and biases) on
+        the banks of its :class:`~lumijax.recurrent.Direction`."""
+        if bound["train"]:
+            raise ConversionError(f"{cell} in training mode (call module.eval() before converting)")
+        directions = 2 if bound["bidirectional"] else 1
+        per = 4 if bound["has_biases"] else 2
+        layers_, params = int(bound["num_layers"]), list(bound["params"])
+        if len(params) != layers_ * directions * per:
+            raise ConversionError(f"{cell} with {len(params)} weights for {layers_} layer(s) × {directions} "
+                                  f"direction(s) (proj_size is not mapped)")
+        names = []
+        for index, node in enumerate(params):
+            param = self._param(node, 2 if index % per < 2 else 1)  # weight_ih, weight_hh[, bias_ih, bias_hh]
+            if param is None or param[1]:
+                raise ConversionError(f"{cell} whose weights are not parameters")
+            if param[0] in self.owner:
+                raise ConversionError(f"{cell} weight {param[0]} used twice")
+            names.append(param[0])
+        w_ih, w_hh = self.values[names[0]], self.values[names[1]]
+        prefix = names[0].rpartition(".")[0]
+        path = self._module_home(prefix or cell, f"{prefix}_{cell}" if prefix else cell)
+        self.modules[path] = {"kind": "recurrent", "cell": cell, "in": int(w_ih.shape[1]), "hidden": int(w_hh.shape[1]),
+                              "layers": layers_, "bidirectional": directions == 2, "bias": per == 4}
+        banks = ("input", "hidden")
+        for index, name in enumerate(names):
+            group, role = divmod(index, per)
+            layer, reverse = divmod(group, directions)
+            bank = f"{path}.l{layer}{'_reverse' if reverse else ''}.{banks[role % 2]}"
+            self._layer_tensor(name, bank, "kernel" if role < 2 else "bias", "transpose" if role < 2 else "same")
+            self.owner[name] = (bank, "recurrent")
+        return path
+
     def _core_unit(self, node) -> str:
         where = _module_path(node)
         path = self._module_home(f"{where}.{node.name}" if where else node.name, node.name)
@@ -254,6 +289,8 @@ class _Builder:
     def _unit(self, node, op: str, bound: dict) -> str | None:
         if op in CONVS:
             return self._conv_unit(bound, *CONVS[op])
+        if op in RECURRENT:
+            return self._recurrent_unit(bound, RECURRENT[op])
         if op == ATTENTION:
             if bound["dropout_p"] or bound["enable_gqa"]:
                 raise ConversionError("scaled_dot_product_attention with dropout or grouped-query attention")
@@ -429,7 +466,9 @@ def capture(module: Any, example_inputs: Sequence[Any], example_kwargs: Mapping[
         kwargs["use_cache"] = False
         notes.append("captured with use_cache=False: a key/value cache is state that a static graph does not return")
     module.eval()
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # nn.LSTM/GRU re-assign their flat weight list while exported; the weights are parameters all the same
+        warnings.filterwarnings("ignore", message=r"The tensor attributes .*_flat_weights", category=UserWarning)
         try:
             ep = torch.export.export(module, args, kwargs=kwargs)
         except Exception as err:  # torch.export raises many types; name the module and the cause

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from flax import nnx
 
 from lumijax import hardware as hw
-from lumijax import layers
+from lumijax import layers, recurrent
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +79,12 @@ class LayerFactory:
             output_padding=tuple(output_padding), dilation=tuple(dilation), groups=groups, use_bias=use_bias,
             weight_bits=self.weight_bits, core=self.core(rngs), rngs=rngs,
         )
+
+    def recurrent(self, cell: str, input_size: int, hidden_size: int, num_layers: int, *, bidirectional: bool,
+                  use_bias: bool, rngs: nnx.Rngs) -> recurrent.OpticalRNN:
+        """An LSTM or GRU whose banks are this factory's linear layers."""
+        return recurrent.OpticalRNN(cell, input_size, hidden_size, num_layers, bidirectional=bidirectional,
+                                    use_bias=use_bias, linear=self.linear, rngs=rngs)
 
     def tied_head(self, embedding: nnx.Embed, rngs: nnx.Rngs) -> layers.TiedOpticalLinear:
         return layers.TiedOpticalLinear(embedding, weight_bits=self.weight_bits, core=self.core(rngs), rngs=rngs)

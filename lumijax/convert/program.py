@@ -11,6 +11,8 @@ spec with jnp, running every matrix product on a photonic layer:
 * ``conv2d`` and ``conv1d`` (one row) → :class:`~lumijax.layers.OpticalConv`,
   ``conv_transpose2d`` and ``conv_transpose1d`` →
   :class:`~lumijax.layers.OpticalConvTranspose` (NCHW kept outside);
+* ``lstm`` and ``gru`` → :class:`~lumijax.recurrent.OpticalRNN` (gate
+  products on the core);
 * products of two activations (``bmm``, ``matmul``, ``mm``) and
   ``scaled_dot_product_attention`` → a :class:`~lumijax.layers.PhotonicCore`
   of their own.
@@ -46,6 +48,8 @@ CONVS = {"aten.conv1d.default": (1, False), "aten.conv2d.default": (2, False),
          "aten.conv_transpose1d.default": (1, True), "aten.conv_transpose2d.input": (2, True)}
 """Convolutions: ``(spatial axes, transposed)`` (a 1-D one runs as a 2-D one
 over a single row)."""
+RECURRENT = {"aten.lstm.input": "lstm", "aten.gru.input": "gru"}
+"""Recurrent layers by their cell (:mod:`lumijax.recurrent`)."""
 TRANSPOSES = {"aten.t.default", "aten.transpose.int", "aten.permute.default"}
 
 
@@ -72,7 +76,8 @@ class ProgramSpec:
         ``{"ref": name}``, a dtype ``{"dtype": name}``.
       outputs: the output structure, with references.
       modules: photonic layers and cores by dotted path, each
-        ``{"kind": "linear" | "conv" | "conv_transpose" | "core", ...}``.
+        ``{"kind": "linear" | "conv" | "conv_transpose" | "recurrent" |
+        "core", ...}``.
       tensors: parameters and buffers by torch name: ``{"path", "attr",
         "layout", "kind": "param" | "buffer" | "layer", "shape", "dtype"}``.
       placeholders: graph placeholder → torch name.
@@ -164,6 +169,9 @@ class TorchProgram(nnx.Module):
             return factory.conv(module["in"], module["out"], module["kernel"], module["stride"], module["padding"],
                                 use_bias=module["bias"], groups=module.get("groups", 1),
                                 dilation=module.get("dilation", 1), rngs=rngs)
+        if module["kind"] == "recurrent":
+            return factory.recurrent(module["cell"], module["in"], module["hidden"], module["layers"],
+                                     bidirectional=module["bidirectional"], use_bias=module["bias"], rngs=rngs)
         if module["kind"] == "conv_transpose":
             return factory.conv_transpose(module["in"], module["out"], module["kernel"], module["stride"],
                                           module["padding"], module["output_padding"], module["dilation"],
@@ -232,6 +240,11 @@ class TorchProgram(nnx.Module):
             image = jnp.transpose(x, (0, 2, 3, 1)) if x.ndim == 4 else jnp.transpose(x, (0, 2, 1))[:, None]
             y = unit(image, observe=observe)
             return jnp.transpose(y, (0, 3, 1, 2)) if x.ndim == 4 else jnp.transpose(y[:, 0], (0, 2, 1))
+        if op in RECURRENT:
+            x = jnp.swapaxes(args["input"], 0, 1) if args["batch_first"] else args["input"]
+            hx = args["hx"]  # LSTM: [h_0, c_0]; GRU: h_0
+            y, state = unit(x, tuple(hx) if isinstance(hx, (list, tuple)) else (hx,), observe=observe)
+            return (jnp.swapaxes(y, 0, 1) if args["batch_first"] else y, *state)
         if op == ATTENTION:
             q, k, v = args["query"], args["key"], args["value"]
             scale = args["scale"] if args["scale"] is not None else q.shape[-1] ** -0.5

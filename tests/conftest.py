@@ -1,8 +1,15 @@
-"""Shared fixtures: the hardware configurations the tests reason about."""
+"""Shared fixtures: the hardware configurations the tests reason about.
+The benchmarks' folder is importable (the conversion tests take models from
+its coverage zoo)."""
+
+import sys
+from pathlib import Path
 
 import pytest
 
 from lumijax.hardware import HardwareConfig
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 @pytest.fixture

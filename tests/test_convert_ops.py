@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from parity import relative_error  # noqa: E402
 
-from lumijax import convert, hardware as hw  # noqa: E402
+from lumijax import convert, hardware as hw, layers  # noqa: E402
 
 PARITY = 1e-4
 F = torch.nn.functional
@@ -174,50 +174,37 @@ def test_hf_decoder_with_default_cache_setting():
     assert any("use_cache=False" in note for note in convert.summarize(program).notes)
 
 
-def _hidden(output) -> torch.Tensor:
-    for name in ("logits", "last_hidden_state"):
-        if hasattr(output, name):
-            return getattr(output, name)
-    return output
-
-
-ARCHITECTURES = {
-    "llama": lambda: transformers.LlamaForCausalLM(transformers.LlamaConfig(
-        vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=32)),
-    "t5-encoder": lambda: transformers.T5EncoderModel(transformers.T5Config(
-        vocab_size=50, d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4)),
-    "bert-with-mask": lambda: transformers.BertModel(transformers.BertConfig(
-        vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=32)),
-    "transformer-encoder-layer": lambda: torch.nn.TransformerEncoderLayer(32, 4, 64, batch_first=True),
-}
-
-
-@pytest.mark.parametrize("name", list(ARCHITECTURES))
+@pytest.mark.parametrize("name", ["llama", "t5-encoder", "bert", "transformer_encoder_layer", "minilm-l6 (pretrained)"])
 def test_real_architectures_match_torch(name):
-    """Tiny configs of the architectures users bring: rotary embeddings
-    (Llama), relative position buckets (T5), an attention mask built from
-    comparisons (BERT), ``nn.MultiheadAttention``'s unflatten/unbind."""
-    torch.manual_seed(0)
-    module = ARCHITECTURES[name]().eval()
-    generator = torch.Generator().manual_seed(1)
-    if name == "transformer-encoder-layer":
-        inputs, kwargs = (torch.randn(2, 8, 32, generator=generator),), {}
-    else:
-        inputs, kwargs = (torch.randint(0, 50, (2, 8), generator=generator),), {}
-    if name == "bert-with-mask":
-        kwargs = {"attention_mask": torch.tensor([[1] * 8, [1] * 5 + [0] * 3])}
+    """A handful of the coverage zoo (``benchmarks/coverage_zoo.py``; the
+    benchmark runs all of it): rotary embeddings (Llama), relative position
+    buckets (T5), an attention mask built from comparisons (BERT),
+    ``nn.MultiheadAttention``'s unflatten/unbind, and the pretrained
+    all-MiniLM-L6-v2."""
+    from coverage_zoo import ZOO
+    from flax import nnx
+
+    case = ZOO[name]()
+    arrays = [t.numpy() for t in (*case.inputs, *case.kwargs.values())]
     with torch.no_grad():
-        reference = _hidden(module(*inputs, **kwargs)).numpy()
-    program = convert.from_torch(module, inputs, example_kwargs=kwargs)
-    ours = program(*[t.numpy() for t in inputs], *[t.numpy() for t in kwargs.values()])
-    ours = ours[0] if isinstance(ours, (list, tuple)) else ours
-    assert relative_error(ours, reference) <= PARITY
-    noisy = convert.from_torch(module, inputs, hw.HardwareConfig(), "noisy", example_kwargs=kwargs)
-    out = noisy(*[t.numpy() for t in inputs], *[t.numpy() for t in kwargs.values()])
-    out = out[0] if isinstance(out, (list, tuple)) else out
-    assert np.isfinite(np.asarray(out)).all() and 0 < relative_error(out, reference) < 0.2
+        reference = torch.utils._pytree.tree_leaves(case.module(*case.inputs, **case.kwargs))[0].numpy()
+    program = convert.from_torch(case.module, case.inputs, example_kwargs=case.kwargs)
+    assert relative_error(jax.tree_util.tree_leaves(program(*arrays))[0], reference) <= PARITY
+    first = lambda model: np.asarray(jax.tree_util.tree_leaves(model(*arrays))[0], np.float64)  # noqa: E731
+    out = first(layers.set_mode(nnx.clone(program), "noisy"))  # the default 8-bit hardware
+    assert np.isfinite(out).all()
+    if name != "minilm-l6 (pretrained)":  # its outlier features set full scales far above typical signals
+        assert relative_error(out, reference) < 0.2
+    # the noise itself, above 8-bit code flips: 12-bit converters calibrated on the batch
+    for core in layers.photonic_cores(program):
+        core.input_bits = core.output_bits = 12
+    layers.set_mode(program, "expected")(*arrays, observe=True)
+    expected = first(program)
+    noisy = layers.set_mode(program, "noisy")
+    noise = np.sqrt(np.mean((first(noisy) - expected) ** 2))
+    for core in layers.photonic_cores(noisy):  # a 100× narrower detector band: every noise power falls 100×
+        core.hardware = core.hardware.replace(bandwidth_GHz=core.hardware.bandwidth_GHz / 100)
+    assert 0 < np.sqrt(np.mean((first(noisy) - expected) ** 2)) < 0.5 * noise
 
 
 @pytest.mark.parametrize("conv", [
@@ -241,7 +228,7 @@ def test_grouped_convolution_groups_are_banks_of_their_own(compensate):
     group's tiles only)."""
     from flax import nnx
 
-    from lumijax import conv as conv_lowering, layers
+    from lumijax import conv as conv_lowering
 
     config = hw.HardwareConfig(num_channels=4, channel_spacing_nm=0.2)
     core = layers.PhotonicCore(config, mode="expected", input_bits=16, output_bits=16, compensate=compensate, rngs=nnx.Rngs(0))
@@ -312,8 +299,6 @@ def test_transposed_convolution_is_one_product_per_pixel_on_the_core():
     summary counts torch's multiply-adds, not those of a zero-stuffed
     input."""
     from flax import nnx
-
-    from lumijax import layers
 
     config = hw.HardwareConfig(num_channels=4, channel_spacing_nm=0.2)
     core = layers.PhotonicCore(config, mode="expected", input_bits=16, output_bits=16, compensate=False, rngs=nnx.Rngs(0))
@@ -394,3 +379,23 @@ def test_recurrent_layers_that_do_not_map_are_refused():
         rnn(jnp.ones((5, 2, 3)), (jnp.zeros((1, 2, 4)),))
     with pytest.raises(ValueError, match="cell"):
         recurrent.OpticalRNN("rnn_tanh", 3, 4, rngs=nnx.Rngs(0))
+
+
+def test_embedding_padding_row_gets_no_gradient():
+    """``nn.Embedding(padding_idx=…)`` (BERT, RoBERTa, DistilBERT): torch
+    leaves the padding row's gradient zero; so does the program."""
+    from flax import nnx
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Embedding(10, 4, padding_idx=0), torch.nn.Linear(4, 3))
+    tokens = torch.tensor([[0, 3, 3, 5], [2, 0, 0, 9]])
+    probe = np.random.default_rng(0).normal(size=(2, 4, 3)).astype(np.float32)
+    (module(tokens) * torch.from_numpy(probe)).sum().backward()
+    program = convert.from_torch(module, (tokens,))
+    grads = nnx.grad(lambda m: jnp.sum(m(tokens.numpy()) * probe))(program)
+    table = program.torch_slots()["0.weight"].variable
+    path = next(path for path, node in nnx.iter_graph(program) if node is table)
+    grad = np.asarray(dict(nnx.to_flat_state(grads))[path].get_value())
+    reference = module[0].weight.grad.numpy()
+    assert not reference[0].any() and not grad[0].any()
+    assert relative_error(grad, reference) <= PARITY

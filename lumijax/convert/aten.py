@@ -224,7 +224,14 @@ def _adaptive_avg_pool2d(self, output_size):
 
 
 def _embedding(weight, indices, padding_idx=-1, scale_grad_by_freq=False, sparse=False):
-    return jnp.take(weight, indices, axis=0)
+    """Rows of ``weight`` ``(V, D)`` at ``indices``; as in torch, the
+    ``padding_idx`` row gets no gradient."""
+    if scale_grad_by_freq:
+        raise UnsupportedArguments("embedding with scale_grad_by_freq")
+    rows = jnp.take(weight, indices, axis=0)
+    if padding_idx is None or padding_idx < 0:
+        return rows
+    return jnp.where((indices == padding_idx)[..., None], jax.lax.stop_gradient(rows), rows)
 
 
 def _dropout(input, p, train):

@@ -44,10 +44,10 @@ PaddingLike = str | int | Sequence[int] | Sequence[tuple[int, int]]
 MAX_PATCH_ELEMENTS = 1 << 23
 
 
-def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:
+def _pair(value: int | Sequence[int], name: str, minimum: int = 1) -> tuple[int, int]:
     pair = (value, value) if isinstance(value, int) else tuple(value)
-    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair):
-        raise ValueError(f"{name} = {value!r}: need one integer ≥ 1 or two")
+    if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in pair):
+        raise ValueError(f"{name} = {value!r}: need one integer ≥ {minimum} or two")
     return pair
 
 
@@ -229,11 +229,7 @@ class ConvTranspose2D:
         for name in ("kernel_size", "strides", "dilation"):
             object.__setattr__(self, name, _pair(getattr(self, name), name))
         for name in ("padding", "output_padding"):
-            value = getattr(self, name)
-            pair = (value, value) if isinstance(value, int) else tuple(value)
-            if len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in pair):
-                raise ValueError(f"{name} = {value!r}: need one integer ≥ 0 or two")
-            object.__setattr__(self, name, pair)
+            object.__setattr__(self, name, _pair(getattr(self, name), name, minimum=0))
         for o, s, d in zip(self.output_padding, self.strides, self.dilation):
             if o >= max(s, d):
                 raise ValueError(f"output_padding {self.output_padding} must be smaller than the stride "

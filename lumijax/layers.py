@@ -46,11 +46,14 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
-def _check_features(in_features: int, out_features: int) -> None:
-    """A weight matrix needs at least one input and one output."""
+def _check_features(in_features: int, out_features: int, groups: int = 1) -> None:
+    """A weight matrix needs at least one input and one output; ``groups``
+    must divide both."""
     for name, value in (("in_features", in_features), ("out_features", out_features)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"{name} = {value!r} must be an integer ≥ 1")
+    if groups < 1 or in_features % groups or out_features % groups:
+        raise ValueError(f"groups = {groups}: must divide in_features = {in_features} and out_features = {out_features}")
 
 
 class PhotonicCore(nnx.Module):
@@ -404,9 +407,7 @@ class OpticalConv(QuantizedWeights):
         core: PhotonicCore | None = None,
         rngs: nnx.Rngs,
     ):
-        _check_features(in_features, out_features)
-        if groups < 1 or in_features % groups or out_features % groups:
-            raise ValueError(f"groups = {groups}: must divide in_features = {in_features} and out_features = {out_features}")
+        _check_features(in_features, out_features, groups)
         self.geometry = Conv2D(kernel_size, strides, padding, dilation=dilation)
         self.strides = self.geometry.strides
         self.groups = groups
@@ -486,9 +487,7 @@ class OpticalConvTranspose(QuantizedWeights):
         core: PhotonicCore | None = None,
         rngs: nnx.Rngs,
     ):
-        _check_features(in_features, out_features)
-        if groups < 1 or in_features % groups or out_features % groups:
-            raise ValueError(f"groups = {groups}: must divide in_features = {in_features} and out_features = {out_features}")
+        _check_features(in_features, out_features, groups)
         self.geometry = ConvTranspose2D(kernel_size, strides, padding, output_padding, dilation)
         self.groups = groups
         shape = (in_features, *self.geometry.kernel_size, out_features // groups)

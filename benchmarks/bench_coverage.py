@@ -11,6 +11,12 @@ layers, a U-Net and the pretrained MiniLM):
 * ``input grad``: the same for the gradient of ``Σ output·probe`` (a fixed
   random probe) with respect to a floating-point input (token inputs have
   none), and ``weight grad`` for the gradients of every torch parameter;
+  both with model and program in float64 (``jax.enable_x64``), which
+  checks the semantics: in float32 a pre-activation within rounding of a
+  ReLU's kink can land on the other side of it in one of the two
+  summation orders, and the gradient through that one unit then differs
+  by its whole size. ``grad f32`` is the larger of the two in float32,
+  as a user's training step sees them;
 * ``photonic``: the photonic share of one forward pass's FLOPs
   (:func:`lumijax.convert.summarize`);
 * ``noisy``: the default hardware in ``"noisy"`` mode (8-bit converters and
@@ -30,6 +36,7 @@ Parity ≤ 1e-4 is the target. Prints the table and writes
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 import traceback
@@ -64,7 +71,8 @@ def first_output(value):
 
 def torch_reference(case: Case, probe: np.ndarray | None):
     """Torch's first output and, given a probe, the gradients of ``Σ
-    output·probe``: of the floating-point inputs and of each parameter."""
+    output·probe``: of the floating-point inputs and of each parameter, by
+    the tuple of its names (a tied weight has several)."""
     module = case.module
     inputs = [t.clone().requires_grad_(t.is_floating_point()) for t in case.inputs]
     output = first_output(module(*inputs, **case.kwargs))
@@ -73,7 +81,10 @@ def torch_reference(case: Case, probe: np.ndarray | None):
     module.zero_grad()
     (output * torch.from_numpy(probe)).sum().backward()
     input_grads = [t.grad.numpy() for t in inputs if t.is_floating_point()]
-    weights = {name: p.grad.numpy() for name, p in module.named_parameters() if p.grad is not None}
+    names: dict[int, list[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    weights = {tuple(names[id(p)]): p.grad.numpy() for p in module.parameters() if p.grad is not None}
     return output.detach().numpy(), input_grads, weights
 
 
@@ -129,6 +140,36 @@ def noise_ratio(program: nnx.Module, arrays: list) -> float:
     return float(deviations[1] / deviations[0] / np.sqrt(snrs[0] / snrs[1]))
 
 
+def gradient_parity(case: Case, program: nnx.Module, probe: np.ndarray) -> dict:
+    """Parity of the input gradients (the largest, ``None`` without
+    floating-point inputs) and of all parameter gradients (one flat vector),
+    and the torch parameters the program has no gradient for."""
+    arrays = [t.numpy() for t in (*case.inputs, *case.kwargs.values())]
+    _, input_grads, weight_grads = torch_reference(case, probe)
+    ours_inputs, ours_weights = gradients(program, arrays, probe)
+    pairs, missing = [], []
+    for names, grad in weight_grads.items():
+        ours = next((ours_weights[n] for n in names if n in ours_weights), None)
+        if ours is None:
+            missing.append(names[0])
+        else:
+            pairs.append((ours.ravel(), grad.ravel()))
+    return {
+        "input": max((relative_error(a, b) for a, b in zip(ours_inputs, input_grads)), default=None),
+        "weight": relative_error(np.concatenate([a for a, _ in pairs]), np.concatenate([b for _, b in pairs])),
+        "missing": sorted(missing),
+    }
+
+
+def in_float64(case: Case) -> Case:
+    """A float64 copy of the case: module and floating-point inputs."""
+    def cast(t: torch.Tensor) -> torch.Tensor:
+        return t.double() if t.is_floating_point() else t
+
+    return Case(case.family, copy.deepcopy(case.module).double(), tuple(cast(t) for t in case.inputs),
+                {k: cast(v) for k, v in case.kwargs.items()})
+
+
 def measure(name: str) -> dict:
     case = ZOO[name]()
     row: dict = {"family": case.family, "parameters": sum(p.numel() for p in case.module.parameters())}
@@ -142,18 +183,16 @@ def measure(name: str) -> dict:
     row["convert_s"] = time.perf_counter() - t0
     with torch.no_grad():
         reference = torch_reference(case, None)[0]
-    probe = np.random.default_rng(0).normal(size=reference.shape).astype(np.float32)
-    _, input_grads, weight_grads = torch_reference(case, probe)
+    probe = np.random.default_rng(0).normal(size=reference.shape)
     call, state = program_call(program)
     row.update(converts=True, output=relative_error(call(state, *arrays), reference))
-    ours_inputs, ours_weights = gradients(program, arrays, probe)
-    row["input_grad"] = max((relative_error(a, b) for a, b in zip(ours_inputs, input_grads)), default=None)
-    missing = sorted(set(weight_grads) - set(ours_weights))
-    common = sorted(set(weight_grads) & set(ours_weights))
-    ours_flat = np.concatenate([ours_weights[n].ravel() for n in common])
-    torch_flat = np.concatenate([weight_grads[n].ravel() for n in common])
-    row["weight_grad"] = relative_error(ours_flat, torch_flat)
-    row["weights_without_grad"] = missing
+    single = gradient_parity(case, program, probe.astype(np.float32))
+    row["grad_f32"] = max(v for v in (single["input"], single["weight"]) if v is not None)
+    with jax.enable_x64(True):
+        case64 = in_float64(case)
+        double = gradient_parity(case64, convert.from_torch(case64.module, case64.inputs, example_kwargs=case64.kwargs),
+                                 probe)
+    row.update(input_grad=double["input"], weight_grad=double["weight"], weights_without_grad=double["missing"])
     row["photonic_share"] = convert.summarize(program).photonic_share
     noisy = layers.set_mode(nnx.clone(program), "noisy")
     call, state = program_call(noisy)
@@ -186,16 +225,16 @@ def main() -> None:
         return "—" if value is None else format(value, digits)
 
     table = Table(title="conversion coverage (ideal parity: max|Δ| / max|torch|)")
-    for column in ("model", "family", "converts", "output", "input grad", "weight grad", "photonic", "noisy",
+    for column in ("model", "family", "converts", "output", "input grad", "weight grad", "grad f32", "photonic", "noisy",
                    "Δ noisy", "noise / SNR"):
         table.add_column(column, justify="left" if column in ("model", "family") else "right")
     for name, row in rows.items():
         if not row.get("converts"):
-            table.add_row(name, row.get("family", ""), "[red]no[/red]", row.get("error", "")[:80], *[""] * 6)
+            table.add_row(name, row.get("family", ""), "[red]no[/red]", row.get("error", "")[:80], *[""] * 7)
             continue
         ok = max(v for v in (row["output"], row["input_grad"], row["weight_grad"]) if v is not None) <= PARITY
         table.add_row(name, row["family"], "yes" if ok else "[yellow]yes[/yellow]", number(row["output"]),
-                      number(row["input_grad"]), number(row["weight_grad"]), f"{100 * row['photonic_share']:.1f} %",
+                      number(row["input_grad"]), number(row["weight_grad"]), number(row["grad_f32"]), f"{100 * row['photonic_share']:.1f} %",
                       "finite" if row["noisy_finite"] else "[red]not finite[/red]", number(row["noisy_deviation"], ".3f"),
                       number(row["noise_over_snr"], ".2f"))
     Console(width=150).print(table)

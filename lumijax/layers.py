@@ -439,8 +439,10 @@ class OpticalConv(QuantizedWeights):
         ``(kh·kw·C_in/groups, C_out/groups)`` bank (a depthwise 3×3: a
         9-tap product per channel)."""
         if self.core.mode == "ideal":
+            kernel = self.conv.kernel[...]
+            dtype = jnp.promote_types(x.dtype, kernel.dtype)
             return jax.lax.conv_general_dilated(
-                x, self.conv.kernel[...], self.strides, self.geometry.pads(x.shape[1:3]),
+                x.astype(dtype), kernel.astype(dtype), self.strides, self.geometry.pads(x.shape[1:3]),
                 rhs_dilation=self.geometry.dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
                 feature_group_count=self.groups)
         groups, taps = self.groups, self.geometry.taps

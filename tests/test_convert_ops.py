@@ -69,6 +69,28 @@ def test_elementwise_and_layout_ops(name):
     assert_matches_torch(torch.nn.Sequential(torch.nn.Linear(8, 8), Apply(ELEMENTWISE[name])), images((3, 8)))
 
 
+KINKS = {
+    "relu": F.relu,
+    "relu6": F.relu6,
+    "hardtanh": lambda x: F.hardtanh(x, -1.0, 1.0),
+    "clamp": lambda x: torch.clamp(x, -1.0, 6.0),
+    "clamp-min": lambda x: torch.clamp(x, min=0.0),
+    "hardswish": F.hardswish,
+    "hardsigmoid": F.hardsigmoid,
+}
+
+
+@pytest.mark.parametrize("name", list(KINKS))
+def test_piecewise_activations_at_their_kinks(name):
+    """Inputs exactly on the corners (0, ±1, ±3, 6), as a ReLU6 meets after
+    an all-zero window: the gradient there is torch's (0 at a clamp's
+    bound, hardswish's outer pieces at ±3)."""
+    x = torch.tensor([[-4.0, -3.0, -1.0, 0.0, 0.5, 1.0, 3.0, 6.0, 7.0, float("nan")]])
+    assert_matches_torch(Apply(KINKS[name]), x.nan_to_num(2.0))
+    nan_in = convert.from_torch(Apply(KINKS[name]), (x,))(x.numpy())
+    assert np.isnan(np.asarray(nan_in)[0, -1]) and np.isfinite(np.asarray(nan_in)[0, :-1]).all()
+
+
 @pytest.mark.parametrize("ceil_mode", [False, True])
 @pytest.mark.parametrize("size, kernel, stride, padding", [(7, 3, 2, 0), (6, 3, 2, 1), (8, 2, 2, 0), (5, 3, 2, 1), (9, 2, 3, 0)])
 def test_pooling_with_ceil_mode(size, kernel, stride, padding, ceil_mode):

@@ -355,6 +355,29 @@ def _gelu(self, approximate="none"):
     return jax.nn.gelu(self, approximate=approximate == "tanh")
 
 
+def _clamp(self, min=None, max=None):
+    """torch's ``clamp`` (also ``hardtanh``, ``relu6``): the gradient
+    passes strictly inside ``(min, max)``; at a bound it is 0, as in torch.
+    NaN stays NaN."""
+    if min is not None:
+        self = jnp.where(self <= min, jnp.asarray(min, self.dtype), self)
+    if max is not None:
+        self = jnp.where(self >= max, jnp.asarray(max, self.dtype), self)
+    return self
+
+
+def _hardsigmoid(self):
+    """``relu6(x + 3) / 6`` with torch's gradient: ``1/6`` strictly inside
+    ``(−3, 3)``, else 0."""
+    return jnp.where(self <= -3, 0.0, jnp.where(self >= 3, 1.0, self / 6 + 0.5)).astype(self.dtype)
+
+
+def _hardswish(self):
+    """``x·relu6(x + 3) / 6`` with torch's gradient: 0 up to −3,
+    ``x/3 + 1/2`` strictly inside ``(−3, 3)``, 1 from 3 on."""
+    return jnp.where(self <= -3, 0.0, jnp.where(self >= 3, self, self * (self + 3) / 6)).astype(self.dtype)
+
+
 def _masked_fill(self, mask, value):
     return jnp.where(mask, jnp.asarray(value, self.dtype), self)
 
@@ -456,14 +479,15 @@ OPS: dict[str, Callable] = {
     "aten.log.default": _unary(jnp.log),
     "aten.tanh.default": _unary(jnp.tanh),
     "aten.sigmoid.default": _unary(jax.nn.sigmoid),
-    "aten.clamp.default": lambda self, min=None, max=None: jnp.clip(self, min, max),
+    "aten.clamp.default": _clamp,
     # activations and normalisation
     "aten.relu.default": _unary(jax.nn.relu),
     "aten.gelu.default": _gelu,
     "aten.silu.default": _unary(jax.nn.silu),
-    "aten.hardswish.default": _unary(lambda x: x * jnp.clip(x + 3, 0, 6) / 6),
-    "aten.hardsigmoid.default": _unary(lambda x: jnp.clip(x + 3, 0, 6) / 6),
-    "aten.hardtanh.default": lambda self, min_val=-1, max_val=1: jnp.clip(self, min_val, max_val),
+    "aten.hardswish.default": _hardswish,
+    "aten.hardsigmoid.default": _hardsigmoid,
+    "aten.hardtanh.default": lambda self, min_val=-1.0, max_val=1.0: _clamp(self, min_val, max_val),
+    "aten.relu6.default": lambda self: _clamp(self, 0.0, 6.0),
     "aten.softmax.int": _softmax,
     "aten._softmax.default": lambda self, dim, half_to_float: jax.nn.softmax(self, axis=dim),
     "aten.log_softmax.int": _log_softmax,

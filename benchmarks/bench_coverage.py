@@ -49,7 +49,7 @@ from flax import nnx
 from rich.console import Console
 from rich.table import Table
 
-from common import RESULTS, machine, write
+from common import RESULTS, machine, relative_error, write
 from coverage_zoo import ZOO, Case
 from lumijax import convert, layers
 from lumijax import hardware as hw
@@ -57,11 +57,6 @@ from lumijax import hardware as hw
 PARITY = 1e-4
 POWERS_MW = (1.0, 0.25)
 SNR_BITS = 12
-
-
-def relative_error(ours, reference) -> float:
-    reference = np.asarray(reference, np.float64)
-    return float(np.max(np.abs(np.asarray(ours, np.float64) - reference)) / np.max(np.abs(reference)))
 
 
 def first_output(value):

@@ -1,4 +1,4 @@
-"""Timing and reporting shared by the benchmarks: one process, same threads."""
+"""Timing, parity and reporting shared by the benchmarks (and the tests' parity checks): one process, same threads."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def relative_error(ours, reference) -> float:
+    """``max|ours − reference| / max|reference|``, in float64."""
+    reference = np.asarray(reference, np.float64)
+    return float(np.max(np.abs(np.asarray(ours, np.float64) - reference)) / np.max(np.abs(reference)))
 
 
 def compare(

@@ -13,7 +13,7 @@ torchvision = pytest.importorskip("torchvision")
 
 from flax import nnx  # noqa: E402
 from safetensors.torch import save_model  # noqa: E402
-from parity import relative_error  # noqa: E402
+from common import relative_error  # noqa: E402
 from torch_models import NanoGPT, NanoGPTConfig, randomize_batch_norms  # noqa: E402
 
 from lumijax import cli, convert, layers  # noqa: E402

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from parity import relative_error  # noqa: E402
+from common import relative_error  # noqa: E402
 
 from lumijax import convert, hardware as hw, layers  # noqa: E402
 

@@ -12,7 +12,7 @@ import msgpack
 import numpy as np
 import pytest
 from flax import nnx
-from parity import relative_error
+from common import relative_error
 
 from lumijax import cli, convert, layers, lmn, peg, runtime, wdm
 from lumijax.exporter import LuminaExporter

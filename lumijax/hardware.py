@@ -331,11 +331,15 @@ def _peak_fwd(left: Array, blocks: Array):
     product = _tile_product(left, blocks)
     flat = product.reshape(-1, product.shape[-1])
     magnitude = jnp.abs(flat)
-    where = jnp.argmax(magnitude, axis=0)
+    peak = jnp.max(magnitude, axis=0)
+    # The first row attaining each peak as a min-reduction over row indices:
+    # one plain reduction, where argmax's (value, index) pair reduction
+    # runs element by element on XLA:CPU. A NaN peak matches no row; its
+    # index is then clamped to the last row.
+    rows = jax.lax.broadcasted_iota(jnp.int32, flat.shape, 0)
+    where = jnp.minimum(jnp.min(jnp.where(magnitude == peak, rows, flat.shape[0]), axis=0), flat.shape[0] - 1)
     sign = jnp.sign(jnp.take_along_axis(flat, where[None], axis=0)[0])
-    # The peak as a reduction, not as the gathered entry: XLA then computes
-    # it once rather than again in every element of the products it scales.
-    return jnp.max(magnitude, axis=0), (left, blocks, where, sign)
+    return peak, (left, blocks, where, sign)
 
 
 def _peak_bwd(residuals, grad: Array):
@@ -345,7 +349,10 @@ def _peak_bwd(residuals, grad: Array):
     weight = (grad * sign)[:, None]  # (out, 1)
     read = blocks[tile, :, column]  # (out, n): the inputs of each peak's dot product
     grad_left = jnp.zeros_like(left).at[row].add((weight * read).astype(left.dtype))
-    grad_blocks = jnp.zeros_like(blocks).at[tile, :, column].set((weight * left[row]).astype(blocks.dtype))
+    # Nonzero only in the tile of each output's peak: a select XLA fuses into
+    # the weights' other gradients (a scatter would first write a dense zero).
+    tiles = jax.lax.broadcasted_iota(tile.dtype, blocks.shape, 0)
+    grad_blocks = jnp.where(tiles == tile, (weight * left[row]).T.astype(blocks.dtype), 0)
     return grad_left, grad_blocks
 
 

@@ -150,3 +150,19 @@ def test_the_programmed_full_scale_and_its_gradient_follow_the_compensated_weigh
     want = jax.grad(dense, argnums=(0, 1))(jnp.asarray(kernel), jnp.float32(0.3))
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-6)
+
+
+def test_the_peak_gradient_goes_to_the_first_entry_on_ties():
+    # With the identity as the coupling the tile products are the blocks
+    # themselves; equal peaks in one output go to the first (tile-major,
+    # then row) entry, with its sign, as numpy's argmax picks it.
+    blocks = np.zeros((3, 4, 5), np.float32)
+    blocks[1, 2, 0], blocks[2, 0, 0] = -2.0, 2.0  # a tie across tiles
+    blocks[0, 3, 1], blocks[0, 1, 1] = 1.5, 1.5  # a tie within a tile
+    blocks[:, :, 2:] = np.random.default_rng(0).normal(size=(3, 4, 3))
+    grad = jax.grad(lambda b: jnp.sum(hw._peak_of_tile_product(jnp.eye(4), b)))(jnp.asarray(blocks))
+    flat = blocks.reshape(-1, 5)
+    want = np.zeros_like(flat)
+    first = np.argmax(np.abs(flat), axis=0)
+    want[first, np.arange(5)] = np.sign(flat[first, np.arange(5)])
+    np.testing.assert_array_equal(np.asarray(grad).reshape(-1, 5), want)

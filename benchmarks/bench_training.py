@@ -22,6 +22,12 @@ On each network, the same batch and Adam (learning rate 1e-4):
   in training, the PCM noise model). The C++ tiles of the 1.1.0 wheel do not
   run on the pinned torch; the torch tiles do.
 
+Every contender runs under the same host allocator settings: glibc keeps
+the memory a step frees (:func:`lumijax.hostmem.retain_freed_memory`, set
+before the first contender is built, so torch runs with it too), and the
+lumijax forward pass is compiled with :func:`lumijax.hostmem.compiler_options`
+as :class:`lumijax.tune.TrainingStep` compiles the step.
+
 The networks: the digits ResNet-10 (8×8 images, batch 64), a torchvision
 ResNet-18 with a small-image stem at 32×32 (batch 64) and the character
 GPT-2 (2 layers, width 64, context 64, batch 32; the peers replace its
@@ -48,7 +54,7 @@ from rich.console import Console
 from rich.table import Table
 
 from common import compare, machine, write
-from lumijax import convert, layers, tune, zoo
+from lumijax import convert, hostmem, layers, tune, zoo
 from lumijax import hardware as hw
 
 HARDWARE = hw.HardwareConfig(channel_spacing_nm=0.4, dac_bits=4, adc_bits=4)
@@ -126,7 +132,7 @@ def lumijax_contender(torch_model, x, y, mode):
 
     train_step = tune.TrainingStep(loss_fn, model, optimizer)  # as tune.finetune runs it
     graphdef = nnx.graphdef(model)
-    forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+    forward = jax.jit(lambda state, x: nnx.merge(graphdef, state)(x), compiler_options=hostmem.compiler_options())
     infer = lambda x: forward(train_step.state[0], x)  # the model's state, as the step leaves it
     x, y, key = jnp.asarray(x), jnp.asarray(y), jax.random.key(0)
     return (lambda: jax.block_until_ready(train_step(x, y, key)), lambda: jax.block_until_ready(infer(x)))
@@ -254,6 +260,7 @@ def main() -> None:
     parser.add_argument("--networks", nargs="*", default=list(NETWORKS), choices=list(NETWORKS))
     args = parser.parse_args()
     console = Console()
+    retained = hostmem.retain_freed_memory()
     threads = torch.get_num_threads()
     results = {}
     for name in args.networks:
@@ -271,6 +278,7 @@ def main() -> None:
                           f"{row['forward_ms']:.1f}", f"{row['forward_ratio_to_torch']:.2f}×")
     console.print(table)
     path = write("training", {"machine": machine(), "torch_threads": threads, "hardware": HARDWARE.to_dict(),
+                              "host_memory_retained": retained,
                               "weight_bits": BITS, "learning_rate": LEARNING_RATE,
                               "time": time.strftime("%Y-%m-%d %H:%M:%S"), "results": results})
     console.print(f"results in {path}")

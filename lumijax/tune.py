@@ -42,6 +42,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from lumijax import hostmem
 from lumijax import hardware as hw
 from lumijax import layers
 
@@ -331,10 +332,15 @@ class TrainingStep:
     place (arrays the objects share with others, as clones do, are never
     touched); :meth:`sync` writes it into the objects, which keep their
     state from before the first step until then.
+
+    On CPU the step's temporaries are kept in the process between steps
+    (:mod:`lumijax.hostmem`: heaps of at most 16 MiB, and, with
+    ``retain_host_memory``, glibc told to keep what a step frees), rather
+    than mapped afresh and faulted in page by page at every step.
     """
 
     def __init__(self, loss_fn: Callable, module: nnx.Module, opt: nnx.Optimizer, teacher: nnx.Module | None = None,
-                 prepare: Callable | None = None):
+                 prepare: Callable | None = None, retain_host_memory: bool = True):
         self._objects = (module, opt)
         self._teacher = teacher
         self._graphdef, state = nnx.split(self._objects)
@@ -351,7 +357,10 @@ class TrainingStep:
             opt.update(module, grads)
             return nnx.state((module, opt)), nnx.state(teacher), (loss, task, accuracy)
 
-        self._step = jax.jit(step, donate_argnums=0)
+        options = hostmem.compiler_options()
+        if options is not None and retain_host_memory:
+            hostmem.retain_freed_memory()
+        self._step = jax.jit(step, donate_argnums=0, compiler_options=options)
 
     def __call__(self, x: Array, y: Array, key: Array) -> tuple[Array, Array, Array]:
         self.state, self._teacher_state, values = self._step(self.state, self._teacher_state, x, y, key)

@@ -7,7 +7,9 @@
 //!
 //! * forward: `Y = P·K`;
 //! * input gradient: `dP = dY·Kᵀ`, each row added back onto the pixels it
-//!   was read from (col2im);
+//!   was read from (col2im); at stride 1, the same sums as the forward
+//!   convolution of `dY` with the kernel flipped in both axes and its
+//!   channels swapped (`kh·kw·cout` terms a row, no scatter);
 //! * kernel gradient: `dK = Pᵀ·dY`.
 //!
 //! Large products never build `P` whole: the pixels are cut into blocks of
@@ -46,6 +48,19 @@ pub enum Path {
 /// fewer output pixels than channels (or too few to share out), else blocked.
 pub fn path(rows: usize, cout: usize, threads: usize) -> Path {
     if rows < cout.max(16 * threads) {
+        Path::Whole
+    } else {
+        Path::Blocked
+    }
+}
+
+/// The path of the kernel gradient `Pᵀ·dY` (`rows` terms a sum, `cout`
+/// output channels) on `threads` threads: whole up to twice as many rows as
+/// [`path`] takes whole, since the blocked path splits the sums' terms
+/// between the threads (each sum then has `rows / threads` terms, and the
+/// threads' partial kernels are added at the end).
+pub fn kernel_gradient_path(rows: usize, cout: usize, threads: usize) -> Path {
+    if rows <= 2 * cout.max(16 * threads) {
         Path::Whole
     } else {
         Path::Blocked
@@ -247,18 +262,72 @@ impl Conv2d {
         })
     }
 
-    /// `dx` from `dy = ∂L/∂y`: the rows of `dY·Kᵀ` added onto the pixels
-    /// they were read from. Threaded over the images (their gradients are
-    /// disjoint); on the whole path `dY·Kᵀ` is one threaded GEMM first.
-    /// One image alone runs on one thread on the blocked path.
+    /// `dx` from `dy = ∂L/∂y`: for stride 1 the convolution of `dy` with the
+    /// flipped kernel ([`Conv2d::transposed`]), on its own path; otherwise
+    /// the rows of `dY·Kᵀ` added onto the pixels they were read from,
+    /// threaded over the images (their gradients are disjoint); on the
+    /// whole path `dY·Kᵀ` is one threaded GEMM first. One image alone runs
+    /// on one thread on the blocked scatter path.
     pub fn backward_input(&self, dy: &[f32], kernel: &[f32], cout: usize, dx: &mut [f32]) -> Result<(), KernelError> {
-        self.backward_input_on(dy, kernel, cout, dx, self.path(cout, rayon::current_num_threads()))
+        let threads = rayon::current_num_threads();
+        let path = match self.transposed(cout) {
+            Some(transposed) => transposed.path(self.input[3], threads),
+            None => self.path(cout, threads),
+        };
+        self.backward_input_on(dy, kernel, cout, dx, path)
     }
 
-    /// [`Conv2d::backward_input`] on the given path.
+    /// The convolution whose forward pass is this one's input gradient, for
+    /// stride 1 with no side padded by more than its kernel less one:
+    /// `dy` `(N, H', W', cout)` padded by `k − 1 − p` on each side, with the
+    /// kernel flipped in both axes and its channels swapped
+    /// ([`Conv2d::flipped_kernel`]), gives `(N, H, W, C)`.
+    fn transposed(&self, cout: usize) -> Option<Conv2d> {
+        let fits = |axis: usize| self.padding[axis].iter().all(|&p| p < self.kernel[axis]);
+        if self.stride != [1, 1] || !fits(0) || !fits(1) {
+            return None;
+        }
+        let [kh, kw] = self.kernel;
+        let [[top, bottom], [left, right]] = self.padding;
+        let padding = [[kh - 1 - top, kh - 1 - bottom], [kw - 1 - left, kw - 1 - right]];
+        let [n, oh, ow] = [self.input[0], self.out_hw[0], self.out_hw[1]];
+        Conv2d::new([n, oh, ow, cout], self.kernel, [1, 1], padding).ok()
+    }
+
+    /// The kernel `(kh·kw·cout, C)` of [`Conv2d::transposed`]: entry
+    /// `((ky, kx, o), c)` is entry `((kh−1−ky, kw−1−kx, c), o)` of `kernel`.
+    fn flipped_kernel(&self, kernel: &[f32], cout: usize) -> Vec<f32> {
+        const TILE: usize = 32;
+        let ([kh, kw], c) = (self.kernel, self.input[3]);
+        let mut flipped = vec![0.0f32; kernel.len()];
+        // Each tap's `(C, cout)` block transposed, in tiles that stay in cache.
+        flipped.par_chunks_exact_mut(cout * c).enumerate().for_each(|(tap, block)| {
+            let source = &kernel[(kh * kw - 1 - tap) * c * cout..][..c * cout];
+            for o0 in (0..cout).step_by(TILE) {
+                for c0 in (0..c).step_by(TILE) {
+                    for o in o0..(o0 + TILE).min(cout) {
+                        for ci in c0..(c0 + TILE).min(c) {
+                            block[o * c + ci] = source[ci * cout + o];
+                        }
+                    }
+                }
+            }
+        });
+        flipped
+    }
+
+    /// [`Conv2d::backward_input`] on the given path: for stride 1 the
+    /// forward pass of [`Conv2d::transposed`] on that path (a product with
+    /// `kh·kw·cout` terms a row, no scatter); else the rows of `dY·Kᵀ`
+    /// scattered back.
     pub fn backward_input_on(&self, dy: &[f32], kernel: &[f32], cout: usize, dx: &mut [f32], path: Path) -> Result<(), KernelError> {
         let (rows, width) = (self.rows(), self.width());
         self.check_lengths([("dy", dy.len(), &self.output_shape(cout)), ("the kernel", kernel.len(), &[width, cout]), ("dx", dx.len(), &self.input)])?;
+        if cout > 0 && self.input[3] > 0 {
+            if let Some(transposed) = self.transposed(cout) {
+                return transposed.forward_on(dy, &self.flipped_kernel(kernel, cout), self.input[3], dx, path);
+            }
+        }
         dx.fill(0.0);
         let image = self.input[1] * self.input[2] * self.input[3];
         let per_image = self.out_hw[0] * self.out_hw[1];
@@ -302,10 +371,11 @@ impl Conv2d {
     }
 
     /// `dk = Pᵀ·dY` `(width, cout)` from the input `x` and `dy = ∂L/∂y`.
-    /// On the blocked path each thread sums the blocks of its share of the
-    /// pixels into its own `dk`, and the shares are added at the end.
+    /// On the path of [`kernel_gradient_path`]: on the blocked one each
+    /// thread sums the blocks of its share of the pixels into its own `dk`,
+    /// and the shares are added at the end.
     pub fn backward_kernel(&self, x: &[f32], dy: &[f32], cout: usize, dk: &mut [f32]) -> Result<(), KernelError> {
-        self.backward_kernel_on(x, dy, cout, dk, self.path(cout, rayon::current_num_threads()))
+        self.backward_kernel_on(x, dy, cout, dk, kernel_gradient_path(self.rows(), cout, rayon::current_num_threads()))
     }
 
     /// [`Conv2d::backward_kernel`] on the given path.
@@ -394,13 +464,17 @@ mod tests {
     }
 
     /// Cases: several blocks (stride 1, SAME), one small strided image with
-    /// asymmetric padding, a 1×1 and a kernel wider than the image is tall.
+    /// asymmetric padding, a 1×1 and a kernel wider than the image is tall;
+    /// stride 1 with asymmetric padding, and a padded 1×1 (its padding no
+    /// less than the kernel: the scatter path).
     fn cases() -> Vec<(Conv2d, usize)> {
         vec![
             (Conv2d::new([2, 40, 40, 48], [3, 3], [1, 1], [[1, 1], [1, 1]]).unwrap(), 8),
             (Conv2d::new([3, 11, 10, 3], [3, 3], [2, 2], [[0, 2], [1, 0]]).unwrap(), 5),
             (Conv2d::new([2, 5, 7, 6], [1, 1], [2, 1], [[0, 0], [0, 0]]).unwrap(), 4),
             (Conv2d::new([1, 2, 9, 4], [3, 5], [1, 2], [[1, 1], [2, 2]]).unwrap(), 3),
+            (Conv2d::new([2, 6, 7, 5], [3, 2], [1, 1], [[2, 0], [0, 1]]).unwrap(), 4),
+            (Conv2d::new([2, 3, 4, 3], [1, 1], [1, 1], [[1, 0], [0, 1]]).unwrap(), 2),
         ]
     }
 

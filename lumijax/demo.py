@@ -19,7 +19,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from lumijax import convert, layers, lmn, native, tune, wdm, zoo
+from lumijax import convert, layers, native, tune, wdm, zoo
 from lumijax import hardware as hw
 from lumijax.exporter import LuminaExporter
 from lumijax.runtime import lmn_binary
@@ -80,9 +80,9 @@ def run(out_dir: Path, console: Console | None = None, steps: int = 60) -> dict:
     history = tune.finetune(model, train, optimizer=tune.warmup_cosine_adam(LEARNING_RATE, steps), steps=steps, progress=True)
     after = tune.evaluate(model, test, draws=DRAWS)[1]
 
-    graph = LuminaExporter(HARDWARE, wdm.WDMPlanner(HARDWARE)).graph(model, [split.x_test])
-    path = lmn.write(graph, out_dir / "digits_resnet10.lmn")
-    plan = wdm.WDMMap.from_dict(graph.wdm)
+    plan = wdm.WDMPlanner(HARDWARE).optimize_allocation(model)
+    plan.apply(model)  # the model as the file will run it
+    path = LuminaExporter(HARDWARE).export(model, out_dir / "digits_resnet10.lmn", [split.x_test], plan)
     spacings = np.array([op.spacing_nm for op in plan.ops])
 
     layers.set_mode(model, "expected")

@@ -8,6 +8,7 @@ import subprocess
 import zlib
 from pathlib import Path
 
+import jax
 import msgpack
 import numpy as np
 import pytest
@@ -54,12 +55,35 @@ def test_runtime_matches_the_model(which, request, tmp_path):
     assert path.read_bytes() == lmn.encode(peg.build(model, [x]), producer=lmn.read(path)[0]["producer"])  # deterministic
 
 
+def test_export_leaves_the_model_as_it_was(tmp_path):
+    model = convert.recipe("resnet", layers=(1, 1, 1, 1), width=8, num_classes=7, seed=6, weight_bits=6, mode="noisy")
+    x = np.random.default_rng(7).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    hardware = model.factory.hardware.replace(crosstalk_suppression_db=20.0)
+    def values(model):  # every array of the state, random keys as their data
+        return [np.array(jax.random.key_data(v) if jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key) else v)
+                for v in jax.tree.leaves(nnx.state(model))]
+
+    before = values(model)
+    planned = LuminaExporter(hardware, wdm.WDMPlanner(hardware)).export(model, tmp_path / "planned.lmn", [x])
+    after = values(model)
+    assert len(before) == len(after) and all(np.array_equal(a, b) for a, b in zip(before, after))
+    # The file has the plan the model has not: put it on, and the file of the
+    # planned model is the same file.
+    plan = wdm.WDMMap.from_dict(lmn.read(planned)[0]["wdm"])
+    assert any(list(op.permutation) != sorted(op.permutation) for op in plan.ops), "a plan that moves no input"
+    plan.apply(model)
+    again = LuminaExporter(hardware).export(model, tmp_path / "again.lmn", [x], plan)
+    assert again.read_bytes() == planned.read_bytes()
+
+
 def test_hardware_modes_match_the_model(small_resnet, small_gpt, tmp_path):
     model, x = small_resnet
     layers.set_mode(model, "expected")
     try:
         hardware = model.factory.hardware.replace(crosstalk_suppression_db=20.0)
-        path = LuminaExporter(hardware, wdm.WDMPlanner(hardware)).export(model, tmp_path / "r.lmn", [x])
+        plan = wdm.WDMPlanner(hardware).optimize_allocation(model)
+        plan.apply(model)
+        path = LuminaExporter(hardware).export(model, tmp_path / "r.lmn", [x], plan)
         header, _ = lmn.read(path)
         assert header["wdm"] and header["graph"]["nodes"][1]["attrs"]["core"]["slot_order"] is not None
         loaded = runtime.load(path)

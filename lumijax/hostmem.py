@@ -48,12 +48,18 @@ def compiler_options() -> dict | None:
     return dict(COMPILER_OPTIONS) if jax.default_backend() == "cpu" else None
 
 
+def is_glibc() -> bool:
+    """Whether this process runs on glibc (Linux with the GNU C library)."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
 @functools.cache
 def retain_freed_memory() -> bool:
-    """Sets glibc's mmap threshold to 32 MiB (its largest) and its trim
-    threshold to 2 GiB, for the whole process, once; returns whether it
-    could (``False`` where the C library is not glibc)."""
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    """Sets glibc's mmap threshold to 32 MiB (its largest), its trim
+    threshold to 2 GiB and its top pad to 64 MiB (so that a thread arena's
+    heap freed whole is kept), for the whole process, once; returns whether
+    it could (``False`` where the C library is not glibc)."""
+    if not is_glibc():
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c"))
     settings = ((_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD), (_M_TOP_PAD, _TOP_PAD))

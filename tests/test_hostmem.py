@@ -1,6 +1,5 @@
 """A training step keeps its temporaries in the process between steps."""
 
-import platform
 import resource
 
 import jax
@@ -11,8 +10,7 @@ from flax import nnx
 
 from lumijax import hostmem, tune
 
-glibc = pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
-                           reason="glibc's allocator")
+glibc = pytest.mark.skipif(not hostmem.is_glibc(), reason="glibc's allocator")
 
 BATCH, WIDTH = 4096, 1024  # each activation 16 MiB; the step's temporaries well over 32 MiB
 
@@ -59,9 +57,8 @@ def test_a_step_reuses_its_temporaries(monkeypatch):
 
 @glibc
 def test_the_settings_are_what_keeps_them():
-    # The same step without the heaps of bounded size maps its temporaries
-    # afresh each step, whatever glibc is told to keep (in a fresh process:
-    # glibc's settings last for the process).
+    # The same step with neither setting maps its temporaries afresh each
+    # step (in a fresh process: glibc's settings last for the process).
     import subprocess
     import sys
 
